@@ -1,0 +1,15 @@
+"""bilinear_kernels: exact, fast eigendecomposition of bilinear layers f(x) = P((W x) ⊙ (V x))."""
+from .backends import backends
+from .decompose import decompose
+from .functional import bilinear
+from .interaction import interaction_matrices, interaction_tensor
+from .layer import BilinearLayer
+from .result import DecompositionResult
+from .solvers.krylov import ConvergenceWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BilinearLayer", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
+    "decompose", "interaction_matrices", "interaction_tensor", "__version__",
+]

@@ -1,0 +1,71 @@
+"""Conversion between the array types users hand us (torch, NumPy, CuPy) and torch tensors.
+
+Everything inside the package works on torch tensors; results go back in the caller's framework.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TORCH, NUMPY, CUPY = "torch", "numpy", "cupy"
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def framework_of(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return TORCH
+    if isinstance(x, np.ndarray):
+        return NUMPY
+    if _is_cupy(x):
+        return CUPY
+    raise TypeError(f"expected a torch tensor, NumPy array or CuPy array, got {type(x).__name__}")
+
+
+def as_tensor(x, name: str) -> torch.Tensor:
+    """A torch view of `x` (no copy where the framework allows it), checked to be a float array."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif _is_cupy(x):
+        t = torch.from_dlpack(x)
+    else:
+        raise TypeError(
+            f"{name} must be a torch tensor, NumPy array or CuPy array, got {type(x).__name__}"
+        )
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def to_framework(t: torch.Tensor, framework: str):
+    """Hand a result tensor back in the caller's framework."""
+    if framework == TORCH:
+        return t
+    if framework == NUMPY:
+        return t.detach().cpu().numpy()
+    if framework == CUPY:
+        import cupy
+
+        return cupy.from_dlpack(t.detach().contiguous())
+    raise ValueError(f"unknown framework {framework!r}")
+
+
+def working_dtype(dtype: torch.dtype, override=None) -> torch.dtype:
+    """The precision work is done in: the weights' own, half precision upcast to float32."""
+    if override is not None:
+        if isinstance(override, str):
+            override = getattr(torch, override, None)
+        if override not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {override}")
+        return override
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -1,0 +1,30 @@
+"""The forward pass y = P((W x + a) ⊙ (V x + b)), accepting any of the supported array types."""
+from __future__ import annotations
+
+import torch
+
+from ._arrays import as_tensor, framework_of, to_framework
+
+
+def bilinear_reference(x, w, v, p=None, w_bias=None, v_bias=None):
+    """Plain-torch forward on torch tensors: the oracle and fallback of every fused forward."""
+    hidden = torch.nn.functional.linear(x, w, w_bias) * torch.nn.functional.linear(x, v, v_bias)
+    return hidden if p is None else torch.nn.functional.linear(hidden, p)
+
+
+def bilinear(x, w, v, p=None, w_bias=None, v_bias=None):
+    """Forward of a bilinear layer: x (..., d), w and v (h, d), p (o, h) or None -> (..., o)."""
+    framework = framework_of(x)
+    x = as_tensor(x, "x")
+    w, v = as_tensor(w, "w"), as_tensor(v, "v")
+    if w.ndim != 2 or w.shape != v.shape:
+        raise ValueError(f"w and v must be 2-D of one shape (h, d), got w {tuple(w.shape)} and v {tuple(v.shape)}")
+    if x.shape[-1:] != w.shape[1:]:
+        raise ValueError(f"x must end in d = {w.shape[1]} (the columns of w), got x {tuple(x.shape)} and w {tuple(w.shape)}")
+    if p is not None:
+        p = as_tensor(p, "p")
+        if p.ndim != 2 or p.shape[1] != w.shape[0]:
+            raise ValueError(f"p must be (o, h) with h = {w.shape[0]}, got p {tuple(p.shape)} and w {tuple(w.shape)}")
+    w_bias = None if w_bias is None else as_tensor(w_bias, "w_bias")
+    v_bias = None if v_bias is None else as_tensor(v_bias, "v_bias")
+    return to_framework(bilinear_reference(x, w, v, p, w_bias, v_bias), framework)

@@ -1,0 +1,136 @@
+"""BilinearLayer: the weights of f(x) = P((W x + a) ⊙ (V x + b)) and the views the solvers need."""
+from __future__ import annotations
+
+import torch
+
+from ._arrays import TORCH, as_tensor, check_finite, framework_of
+
+
+class BilinearLayer:
+    """Weights of a bilinear layer (a GLU with no activation).
+
+    w, v: (h, d) the two input projections; p: (o, h) the output projection, or None (then o = h).
+    w_bias, v_bias: (h,) optional biases of the two projections. A biased layer is a quadratic form
+    in x̃ = [x; 1], so it is decomposed in d + 1 dimensions (`d_form`); the last coordinate of each
+    eigenvector is the weight of the constant.
+
+    Accepts torch tensors, NumPy arrays or CuPy arrays; results of functions taking this layer come
+    back in the same framework (`framework`).
+    """
+
+    def __init__(self, w, v, p=None, w_bias=None, v_bias=None):
+        self.framework = framework_of(w)
+        w = as_tensor(w, "w")
+        v = as_tensor(v, "v")
+        if w.ndim != 2 or v.ndim != 2:
+            raise ValueError(f"w and v must be 2-D (h, d), got w {tuple(w.shape)} and v {tuple(v.shape)}")
+        if w.shape != v.shape:
+            raise ValueError(f"w and v must have the same shape (h, d), got w {tuple(w.shape)} and v {tuple(v.shape)}")
+        if w.shape[0] == 0 or w.shape[1] == 0:
+            raise ValueError(f"w and v must be non-empty, got shape {tuple(w.shape)}")
+        h = w.shape[0]
+        if p is not None:
+            p = as_tensor(p, "p")
+            if p.ndim != 2 or p.shape[1] != h or p.shape[0] == 0:
+                raise ValueError(f"p must be (o, h) with h = {h} (the rows of w), got p {tuple(p.shape)} and w {tuple(w.shape)}")
+        biases = {}
+        for name, b in (("w_bias", w_bias), ("v_bias", v_bias)):
+            if b is not None:
+                b = as_tensor(b, name)
+                if b.shape != (h,):
+                    raise ValueError(f"{name} must be ({h},) to match w {tuple(w.shape)}, got {tuple(b.shape)}")
+            biases[name] = b
+        tensors = {"w": w, "v": v, "p": p, **biases}
+        devices = {t.device for t in tensors.values() if t is not None}
+        if len(devices) > 1:
+            raise ValueError(f"all weights must be on one device, got {sorted(map(str, devices))}")
+        for name, t in tensors.items():
+            if t is not None:
+                check_finite(t, name)
+        self.w, self.v, self.p = w, v, p
+        self.w_bias, self.v_bias = biases["w_bias"], biases["v_bias"]
+
+    @classmethod
+    def from_packed(cls, weight, p=None, bias=None):
+        """From the packed (2h, d) weight of an `nn.Linear(d, 2h)` whose output is `chunk(2)`-ed into
+        (W x, V x); `bias` is its optional (2h,) bias."""
+        framework = framework_of(weight)
+        weight = as_tensor(weight, "weight")
+        if weight.ndim != 2 or weight.shape[0] % 2 != 0 or weight.shape[0] == 0:
+            raise ValueError(f"packed weight must be (2h, d) with an even, non-zero first dimension, got {tuple(weight.shape)}")
+        w, v = weight.chunk(2, dim=0)
+        w_bias = v_bias = None
+        if bias is not None:
+            bias = as_tensor(bias, "bias")
+            if bias.shape != (weight.shape[0],):
+                raise ValueError(f"packed bias must be ({weight.shape[0]},) to match weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
+            w_bias, v_bias = bias.chunk(2)
+        layer = cls(w, v, p, w_bias, v_bias)
+        layer.framework = framework
+        return layer
+
+    # -- shapes ---------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.w.shape[1]
+
+    @property
+    def d_hidden(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def d_out(self) -> int:
+        return self.p.shape[0] if self.p is not None else self.d_hidden
+
+    @property
+    def has_bias(self) -> bool:
+        return self.w_bias is not None or self.v_bias is not None
+
+    @property
+    def d_form(self) -> int:
+        """Dimension of the quadratic form: d, or d + 1 for a biased layer."""
+        return self.d_in + (1 if self.has_bias else 0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.w.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w.dtype
+
+    def __repr__(self) -> str:
+        bias = ", bias" if self.has_bias else ""
+        return (f"BilinearLayer(d_in={self.d_in}, d_hidden={self.d_hidden}, d_out={self.d_out}"
+                f"{bias}, dtype={self.dtype}, device={self.device})")
+
+    # -- conversion -----------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "BilinearLayer":
+        """A copy on `device` and/or in `dtype` (torch semantics); the framework becomes torch."""
+        def move(t):
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        layer = BilinearLayer(move(self.w), move(self.v), move(self.p), move(self.w_bias), move(self.v_bias))
+        layer.framework = TORCH
+        return layer
+
+    # -- views used by the solvers --------------------------------------------------------
+    def homogeneous(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W̃, Ṽ) in `dtype`: W and V, with the bias appended as a last column when there is one,
+        so that (W̃ x̃) ⊙ (Ṽ x̃) with x̃ = [x; 1] is the biased layer's hidden activation."""
+        w, v = self.w.to(dtype), self.v.to(dtype)
+        if self.has_bias:
+            zeros = torch.zeros(self.d_hidden, dtype=dtype, device=self.device)
+            wb = self.w_bias.to(dtype) if self.w_bias is not None else zeros
+            vb = self.v_bias.to(dtype) if self.v_bias is not None else zeros
+            w = torch.cat([w, wb[:, None]], dim=1)
+            v = torch.cat([v, vb[:, None]], dim=1)
+        return w, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) = P((W x + a) ⊙ (V x + b)) in plain torch, for x of shape (..., d)."""
+        from .functional import bilinear
+
+        return bilinear(x, self.w, self.v, self.p, self.w_bias, self.v_bias)
+
+    __call__ = forward
