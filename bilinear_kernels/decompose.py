@@ -141,7 +141,7 @@ def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
     w, v = layer.homogeneous(dtype)
     h, d = w.shape
     op = InteractionOperator(w, v)
-    p = min(knobs["block_size"] or default_block_size(k, d), d)
+    p = min(knobs["block_size"] or default_block_size(k, d, layer.device), d)
     m = min(knobs["max_basis"] or default_max_basis(k, p, d), d)
     # basis and T, the two product temporaries of width p, and the final vectors
     per = (d * m + m * m + 4 * h * p + 2 * d * p + 2 * d * k) * dtype.itemsize
