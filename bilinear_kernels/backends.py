@@ -104,14 +104,22 @@ def _cuda_capability(device: torch.device) -> tuple[int, int]:
 
 def bilinear_forward_kernel(x, w, v, p=None, w_bias=None, v_bias=None):
     """The function that computes P((W x + a) ⊙ (V x + b)) for these torch tensors: the fused
-    Triton forward (differentiable) where it supports them, else `functional.bilinear_reference`."""
-    if triton_unsupported_reason(x, w, v, p, w_bias, v_bias) is None:
+    Triton forward (differentiable) where it supports them, else `functional.bilinear_reference`.
+    Under autocast the reference runs, so the projections follow autocast's casting rules."""
+    if triton_unsupported_reason(x, w, v, p, w_bias, v_bias) is None and not _autocasting(x.device):
         from .ops.bilinear_forward import bilinear_fused
 
         return bilinear_fused
     from .functional import bilinear_reference
 
     return bilinear_reference
+
+
+def _autocasting(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 takes no device type and answers for CUDA
+        return torch.is_autocast_enabled()
 
 
 def triton_interaction_kernel(w, v, c):

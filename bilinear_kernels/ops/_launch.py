@@ -12,14 +12,15 @@ from ..backends import triton_interpreting
 INTERPRETING = triton_interpreting()
 
 
-def dot_precision(dtype) -> str:
-    """The tl.dot input precision for float32 operands: TF32 only where torch itself would use it
-    for float32 matmuls (torch.set_float32_matmul_precision), IEEE fp32 otherwise."""
+def dot_precision(dtype) -> str | None:
+    """The tl.dot input precision. For float32 operands: TF32 only where torch itself would use it
+    for float32 matmuls (torch.set_float32_matmul_precision), IEEE fp32 otherwise. Half-precision
+    operands have no choice to make: None keeps Triton's default."""
     import torch
 
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
+    if dtype != torch.float32:
+        return None
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def configs(gpu: list[dict], interpreter: dict) -> list[triton.Config]:

@@ -180,6 +180,23 @@ def test_bad_shapes_raise_value_error():
         bilinear_fused(x, w, v, p, torch.zeros(4, device=DEVICE))
 
 
+@kernel_runs
+def test_fp32_dot_precision_follows_torch():
+    from bilinear_kernels.ops._launch import dot_precision
+
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert dot_precision(torch.float32) == "ieee" and dot_precision(torch.float16) is None
+        torch.set_float32_matmul_precision("high")
+        assert dot_precision(torch.float32) == "tf32"
+        inputs = make_inputs(9, 20, 18, 5, torch.float32)
+        # TF32 keeps 10 mantissa bits: the tolerance of fp16, not of fp32
+        assert_close_scaled(bilinear_fused(*inputs), bilinear_reference(*as64(inputs)), TOLERANCE[torch.float16])
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 # -- the dispatcher ----------------------------------------------------------------------------
 
 def cpu_inputs(dtype=torch.float32):
@@ -215,6 +232,13 @@ def test_dispatch_cuda_takes_the_kernel():
 def test_dispatch_cuda_env_switch(triton_disabled):
     x, w, v, p, _, _ = make_inputs(4, 6, 5, 3, torch.float32)
     assert backends.bilinear_forward_kernel(x, w, v, p) is bilinear_reference
+
+
+@requires_cuda
+def test_dispatch_cuda_autocast_takes_the_reference():
+    x, w, v, p, _, _ = make_inputs(4, 6, 5, 3, torch.float32)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert backends.bilinear_forward_kernel(x, w, v, p) is bilinear_reference
 
 
 @requires_cuda
