@@ -4,7 +4,6 @@ meaningless and every extra configuration costs a full interpreted run)."""
 from __future__ import annotations
 
 import triton
-import triton.language as tl  # noqa: F401 - re-exported for the kernel modules
 
 from ..backends import triton_interpreting
 

@@ -245,7 +245,7 @@ def bilinear_fused(x, w, v, p=None, w_bias=None, v_bias=None, *, use_kernel: boo
     float32, float16, bfloat16; `backends.bilinear_forward_kernel` decides when that holds.
     """
     if x.ndim == 0:
-        raise ValueError(f"x must have at least one dimension (..., d), got a scalar")
+        raise ValueError("x must have at least one dimension (..., d), got a scalar")
     if p is not None and (p.ndim != 2 or p.shape[1] != w.shape[0]):
         raise ValueError(f"p must be (o, h) with h = {w.shape[0]}, got p {tuple(p.shape)} and w {tuple(w.shape)}")
     lead = x.shape[:-1]
