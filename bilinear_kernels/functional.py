@@ -27,4 +27,7 @@ def bilinear(x, w, v, p=None, w_bias=None, v_bias=None):
             raise ValueError(f"p must be (o, h) with h = {w.shape[0]}, got p {tuple(p.shape)} and w {tuple(w.shape)}")
     w_bias = None if w_bias is None else as_tensor(w_bias, "w_bias")
     v_bias = None if v_bias is None else as_tensor(v_bias, "v_bias")
-    return to_framework(bilinear_reference(x, w, v, p, w_bias, v_bias), framework)
+    from .backends import bilinear_forward_kernel
+
+    forward = bilinear_forward_kernel(x, w, v, p, w_bias, v_bias)
+    return to_framework(forward(x, w, v, p, w_bias, v_bias), framework)
