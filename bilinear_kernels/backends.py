@@ -41,6 +41,13 @@ def triton_interpreting() -> bool:
     return _env_flag("TRITON_INTERPRET")
 
 
+def extension_status() -> dict:
+    """The compiled extension: built, loaded or why not, cuSOLVER versions (see extension.py)."""
+    from .extension import extension_status as status
+
+    return status()
+
+
 def backends() -> dict:
     """A summary of what this installation can use."""
     cuda = torch.cuda.is_available()
@@ -51,6 +58,7 @@ def backends() -> dict:
         "triton": triton_version(),
         "triton_interpret": triton_interpreting(),
         "cupy": cupy_version(),
+        "extension": extension_status(),
     }
 
 

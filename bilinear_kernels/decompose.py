@@ -20,7 +20,7 @@ from .layer import BilinearLayer
 from .memory import chunk_size, memory_budget
 from .progress import chunk_starts
 from .result import DecompositionResult
-from .solvers.dense import dense_bytes_per_direction, dense_topk
+from .solvers.dense import EIGH_BACKENDS, dense_bytes_per_direction, dense_topk
 from .solvers.krylov import default_block_size, default_max_basis, krylov_topk
 from .solvers.lowrank import LowRankReduction, lowrank_bytes_per_direction
 from .solvers.selection import WHICH, fix_signs
@@ -46,7 +46,8 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
               method: str = "auto", tol: float | None = None, dtype=None, *,
               max_memory: int | None = None, progress: bool | None = None,
               block_size: int | None = None, max_basis: int | None = None,
-              max_products: int | None = None, seed: int = 0) -> DecompositionResult:
+              max_products: int | None = None, seed: int = 0,
+              eigh_backend: str = "auto") -> DecompositionResult:
     """Eigendecompose Q(u) for each direction u and keep the k most important eigenpairs.
 
     layer       a BilinearLayer
@@ -60,6 +61,8 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     max_memory  bytes of temporaries (default: a few GiB, at most half of free memory)
     progress    show a progress bar over chunks (default: when there is more than one chunk)
     block_size, max_basis, max_products, seed: knobs of the Krylov solver
+    eigh_backend  batched eigensolver of method="eigh": "auto", "torch" or "cusolver"
+                  (solvers/dense.py)
 
     Returns a DecompositionResult in the layer's framework and device.
     """
@@ -76,6 +79,8 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
             raise TypeError(f"k must be an int or None, got {type(k).__name__}")
         if not 1 <= k <= d:
             raise ValueError(f"k must be in [1, d] = [1, {d}] for this layer, got {k}")
+    if eigh_backend not in EIGH_BACKENDS:
+        raise ValueError(f"eigh_backend must be one of {EIGH_BACKENDS}, got {eigh_backend!r}")
     if tol is not None and not (tol > 0):
         raise ValueError(f"tol must be positive, got {tol!r}")
     if method == "auto":
@@ -94,7 +99,8 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     extra = {}
     for start, stop, v, u, r in solver(layer, dirs, k_eff, which, work, budget, progress, tol,
                                         dict(block_size=block_size, max_basis=max_basis,
-                                             max_products=max_products, seed=seed), extra):
+                                             max_products=max_products, seed=seed,
+                                             eigh_backend=eigh_backend), extra):
         vals[start:stop], vecs[start:stop], resid[start:stop] = v, fix_signs(u), r
 
     fw = layer.framework
@@ -113,7 +119,7 @@ def _run_eigh(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra)
     per = interaction_bytes_per_direction(h, d, dtype.itemsize) + dense_bytes_per_direction(d, dtype.itemsize)
     step = chunk_size(len(dirs), per, budget, "method='eigh'")
     for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, step, progress):
-        yield (start, stop, *dense_topk(q, k, which))
+        yield (start, stop, *dense_topk(q, k, which, knobs["eigh_backend"]))
 
 
 def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):

@@ -1,12 +1,18 @@
 """Dense path: form Q chunk by chunk, batched symmetric eigh, select.
 
 `eigh` is the dispatch point for batched eigensolvers; the plain-torch twin is torch.linalg.eigh.
+Backends: "torch" (torch.linalg.eigh), "cusolver" (the compiled extension's batched cuSOLVER
+solver, solvers/cusolver.py), "auto" (cusolver for float32/float64 CUDA tensors when the extension
+is loaded and no gradient is wanted, torch otherwise).
 """
 from __future__ import annotations
 
 import torch
 
+from . import cusolver
 from .selection import gather_pairs, select
+
+EIGH_BACKENDS = ("auto", "torch", "cusolver")
 
 
 def eigh_reference(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -14,8 +20,24 @@ def eigh_reference(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.eigh(q)
 
 
-def eigh(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched symmetric eigh (b, n, n) -> (b, n), (b, n, n), with the fastest available backend."""
+def eigh_backend(q: torch.Tensor, backend: str = "auto") -> str:
+    """The backend `eigh(q, backend)` runs: "torch" or "cusolver"."""
+    if backend not in EIGH_BACKENDS:
+        raise ValueError(f"eigh backend must be one of {EIGH_BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    # the extension has no autograd: a graph through eigh stays with torch
+    wants_grad = q.requires_grad and torch.is_grad_enabled()
+    if q.is_cuda and q.dtype in (torch.float32, torch.float64) and not wants_grad and cusolver.available():
+        return "cusolver"
+    return "torch"
+
+
+def eigh(q: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched symmetric eigh (b, n, n) -> (b, n), (b, n, n), with the chosen backend
+    ("auto": the fastest available, see the module docstring)."""
+    if eigh_backend(q, backend) == "cusolver":
+        return cusolver.eigh(q)
     return eigh_reference(q)
 
 
@@ -24,10 +46,10 @@ def dense_bytes_per_direction(d: int, itemsize: int) -> int:
     return 3 * d * d * itemsize
 
 
-def dense_topk(q: torch.Tensor, k: int, which: str):
+def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto"):
     """Top-k eigenpairs of formed matrices q (b, d, d): values (b, k), vectors (b, d, k) and
     relative residuals ‖Q v − λ v‖ / ‖Q‖ (b, k), with ‖Q‖ the exact spectral norm."""
-    values, vectors = eigh(q)
+    values, vectors = eigh(q, backend)
     idx = select(values, k, which)
     vals, vecs = gather_pairs(values, vectors, idx)
     norm = values.abs().amax(dim=-1, keepdim=True)
