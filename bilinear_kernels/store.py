@@ -115,7 +115,7 @@ def _write_error(exc: OSError, path: Path, what: str) -> StoreWriteError:
     reason = exc.strerror or str(exc)
     return StoreWriteError(
         exc.errno or errno.EIO,
-        f"{what} {path}: {reason}. The store keeps every shard finished before this one; "
+        f"{what} {path}: {reason}. The store keeps every shard finished before this error; "
         "free space or fix permissions and run the same sweep again to resume",
         str(path),
     )
@@ -220,11 +220,11 @@ class SweepStore:
             if manifest is None or not resume:
                 _empty_store(path)  # leftovers of a setup that was killed, or resume=False
                 write_atomic(path / DIRECTIONS, _directions_bytes(ids))
-                (path / SHARDS).mkdir(exist_ok=True)
                 write_atomic(path / MANIFEST, _json_bytes({**header, "format": FORMAT, "complete": False,
                                                            "n_chunks": _n_chunks(header, ids), "shards": []}))
             elif not (path / DIRECTIONS).is_file():
                 write_atomic(path / DIRECTIONS, _directions_bytes(ids))  # same ids: the manifest's sha256 matched
+            (path / SHARDS).mkdir(exist_ok=True)
             _remove_temporaries(path)
             _remove_temporaries(path / SHARDS)
         except StoreWriteError:

@@ -5,7 +5,8 @@
 memory holds one chunk's results at a time. Everything that shapes a chunk's numbers (chunk
 boundaries, solver options, seed, memory budget, hence decompose's own inner chunking) is fixed
 in the store's manifest when the sweep starts, so a sweep killed at any point and run again
-recomputes only the chunks without a shard and gives the same bytes as an uninterrupted run.
+recomputes only the chunks without a shard and, on the same hardware and software, gives the same
+bytes as an uninterrupted run.
 
 With torch.distributed (torchrun), chunk j is computed by rank j mod world_size, every rank writes
 its own shards into the same store, and rank 0 finalizes the manifest (see distributed.py).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -422,7 +424,7 @@ def main(argv=None) -> int:
     if args.out is None:
         parser.error("--out DIR is required")
     layer = load_layer(args.weights)
-    if args.device != "cpu":
+    if args.device != "cpu" and not (distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1):
         layer = layer.to(device=args.device)
     directions = parse_direction_spec(args.directions, layer.d_out)
     fingerprint = {"weights_sha256": file_sha256(args.weights)}

@@ -30,12 +30,21 @@ CHUNK, K = 4, 3
 SWEEP = ["--k", str(K), "--method", "lanczos", "--chunk", str(CHUNK), "--no-progress"]
 
 
-@pytest.fixture
-def weights(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
     gen = torch.Generator().manual_seed(7)
-    path = tmp_path / "layer.safetensors"
+    path = tmp_path_factory.mktemp("layer") / "layer.safetensors"
     save_file({"w": torch.randn(H, D, generator=gen), "v": torch.randn(H, D, generator=gen),
                "p": torch.randn(O, H, generator=gen)}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(weights, tmp_path_factory) -> Path:
+    """An uninterrupted run of `python -m bilinear_kernels.sweep` with SWEEP's settings."""
+    path = tmp_path_factory.mktemp("reference") / "store"
+    run = run_module([weights, "--out", path, *SWEEP])
+    assert run.returncode == 0, run.stderr
     return path
 
 
@@ -133,7 +142,7 @@ import bilinear_kernels.store as store
 write = store.SweepStore.write_shard
 def slow(self, *args, **kwargs):
     record = write(self, *args, **kwargs)
-    time.sleep(0.4)
+    time.sleep(1.0)
     return record
 store.SweepStore.write_shard = slow
 from bilinear_kernels.sweep import main
@@ -190,9 +199,8 @@ def _half_written(folder: Path, prefix: str) -> bool:
         return False
 
 
-def test_sigkill_between_shards_then_resume_is_bit_identical(weights, tmp_path):
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    assert run_module([weights, "--out", ref, *SWEEP]).returncode == 0
+def test_sigkill_between_shards_then_resume_is_bit_identical(weights, reference, tmp_path):
+    ref, out = reference, tmp_path / "out"
 
     proc = _start(SLOW_AFTER_EACH_SHARD, [weights, "--out", out, *SWEEP])
     _kill_when(proc, lambda: len(records(out)) >= 2)
@@ -208,9 +216,8 @@ def test_sigkill_between_shards_then_resume_is_bit_identical(weights, tmp_path):
     assert_same_store(ref, out)
 
 
-def test_sigkill_inside_a_shard_write_leaves_nothing_visible(weights, tmp_path):
-    ref, out = tmp_path / "ref", tmp_path / "out"
-    assert run_module([weights, "--out", ref, *SWEEP]).returncode == 0
+def test_sigkill_inside_a_shard_write_leaves_nothing_visible(weights, reference, tmp_path):
+    ref, out = reference, tmp_path / "out"
 
     proc = _start(STALL_INSIDE_THIRD_SHARD, [weights, "--out", out, *SWEEP])
     _kill_when(proc, lambda: _half_written(out / "shards", ".00000002.safetensors."))
@@ -353,3 +360,16 @@ def test_module_entry_point_runs_in_process(weights, tmp_path, capsys):
     assert main([str(weights), "--out", str(tmp_path / "s"), "--directions", "0:6", *SWEEP]) == 0
     assert "2 chunks, 2 computed" in capsys.readouterr().err
     assert bk.open_results(tmp_path / "s").metadata["fingerprint"]["weights_sha256"]
+
+
+def test_benchmark_runs_at_tiny_shapes(tmp_path):
+    from benchmarks import bench_sweep
+
+    result = bench_sweep.main(["--quick", "--nproc", "1", "--out", str(tmp_path)])
+    (js,) = tmp_path.glob("sweep-cpu-*-quick.json")
+    data = json.loads(js.read_text())
+    assert data["machine"]["torch"] and data["shape"] == bench_sweep.QUICK
+    assert set(data["overhead"]["median_seconds"]) == {"decompose", "decompose-chunked", "sweep"}
+    assert all(t > 0 for t in data["overhead"]["median_seconds"].values())
+    assert [row["nproc"] for row in data["processes"]] == [1] and result["processes"][0]["directions_per_second"] > 0
+    assert "sweep vs in-memory decompose" in js.with_suffix(".md").read_text()
