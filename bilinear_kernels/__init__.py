@@ -5,11 +5,12 @@ from .functional import bilinear
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
 from .result import DecompositionResult
+from .store import open_results
 from .solvers.krylov import ConvergenceWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BilinearLayer", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
-    "decompose", "interaction_matrices", "interaction_tensor", "__version__",
+    "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
 ]
