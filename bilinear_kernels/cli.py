@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and noise (default: 0)")
     demo.add_argument("--hidden", type=_positive_int, default=64, metavar="D", help="hidden size d (default: 64)")
     demo.add_argument("--epochs", type=_positive_int, default=None, metavar="E",
-                      help="training epochs (default: 60; a few are enough for a quick look)")
+                      help="training epochs (default: 60; fewer train faster at some cost in accuracy)")
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(handler=cmd_demo)
