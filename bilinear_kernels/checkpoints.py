@@ -268,26 +268,34 @@ def _read_config(directory: Path) -> dict:
 
 
 def _refuse_pickle(path: Path) -> None:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    pickled = head[:1] == b"\x80" or head == b"PK\x03\x04"  # pickle protocol 2+ / torch.save zip
-    if path.suffix in PICKLE_SUFFIXES or pickled:
-        raise CheckpointError(f"{path} is a pickled checkpoint ({path.suffix or 'pickle data'}); it is never loaded, "
-                              "because unpickling can run arbitrary code. Convert it to safetensors first "
-                              "(e.g. safetensors.torch.save_file(state_dict, 'model.safetensors') in a trusted "
-                              "environment)")
+    """Refuse pickled formats by name, before anything is read."""
+    if path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(_pickle_message(path, path.suffix))
+
+
+def _pickle_message(path: Path, what: str) -> str:
+    return (f"{path} is a pickled checkpoint ({what}); it is never loaded, because unpickling can run "
+            "arbitrary code. Convert it to safetensors first (e.g. safetensors.torch.save_file(state_dict, "
+            "'model.safetensors') in a trusted environment)")
 
 
 def _check_safetensors(path: Path) -> None:
-    """A clear error for a file that is not safetensors, before the library's own."""
+    """A clear error for a file that is not safetensors, before the library's own; pickles by
+    content are named as such. (Checked in this order because a valid header length can begin
+    with the pickle opcode byte 0x80.)"""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) < 9:
-        raise CheckpointError(f"{path} is not a valid safetensors file (only {size} bytes)")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n > min(size - 8, MAX_HEADER_BYTES) or head[8:9] != b"{":
-        raise CheckpointError(f"{path} is not a valid safetensors file (corrupt or truncated header)")
+    if len(head) == 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if n <= min(size - 8, MAX_HEADER_BYTES) and head[8:9] == b"{":
+            return
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise CheckpointError(_pickle_message(path, "pickle data"))
+    if head[:4] == b"PK\x03\x04":
+        raise CheckpointError(_pickle_message(path, "a zip archive, as torch.save writes"))
+    detail = f"only {size} bytes" if size < 9 else "corrupt or truncated header"
+    raise CheckpointError(f"{path} is not a valid safetensors file ({detail})")
 
 
 def _safetensors_names(path: Path) -> list[str]:

@@ -235,6 +235,19 @@ def test_pickle_disguised_as_safetensors_is_refused_by_content(tmp_path):
         load_layer(tmp_path / "zipped.safetensors")
 
 
+def test_safetensors_whose_header_length_starts_like_a_pickle_is_read(tmp_path):
+    # header length 0x0280 is stored as b"\x80\x02...", the opening bytes of a protocol-2 pickle
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                         "v": {"dtype": "F32", "shape": [2, 2], "data_offsets": [16, 32]}}).encode()
+    header += b" " * (0x280 - len(header))
+    data = torch.arange(8, dtype=torch.float32).numpy().tobytes()
+    path = tmp_path / "layer.safetensors"
+    path.write_bytes((0x280).to_bytes(8, "little") + header + data)
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    layer = load_layer(path).layer
+    torch.testing.assert_close(layer.v, torch.tensor([[4.0, 5.0], [6.0, 7.0]]))
+
+
 def test_folder_with_only_a_pickle_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({}))
     (tmp_path / "config.json").write_text("{}")
