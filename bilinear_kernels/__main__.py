@@ -1,0 +1,7 @@
+"""`python -m bilinear_kernels ...` is the `bilinear-kernels` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

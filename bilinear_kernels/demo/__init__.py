@@ -1,0 +1,5 @@
+"""The `bilinear-kernels demo` command: a bilinear classifier on scikit-learn's digits, decomposed
+exactly in pixel space. Needs the `demo` extra (scikit-learn, matplotlib)."""
+from .run import run_demo
+
+__all__ = ["run_demo"]

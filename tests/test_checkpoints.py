@@ -1,0 +1,302 @@
+"""Checkpoint loaders: every layout round-trips to the layer the model computes, and every bad input
+gets a CheckpointError that names the problem."""
+import json
+import pickle
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import bilinear_kernels as bk
+from bilinear_kernels.checkpoints import (CheckpointError, CheckpointNotFoundError, checkpoint_sha256,
+                                          file_sha256, load_layer)
+from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_llama, write_plain
+
+
+def assert_same_decomposition(a, b, atol=1e-10):
+    torch.testing.assert_close(a.eigenvalues, b.eigenvalues, atol=atol, rtol=0)
+    overlap = torch.einsum("bdk,bdk->bk", a.eigenvectors, b.eigenvectors).abs()
+    torch.testing.assert_close(overlap, torch.ones_like(overlap), atol=1e-8, rtol=0)
+
+
+# -- layouts round-trip -----------------------------------------------------------------------
+
+def test_plain_file_round_trips_to_the_direct_api(tmp_path):
+    t = write_plain(tmp_path / "layer.safetensors")
+    loaded = load_layer(tmp_path / "layer.safetensors")
+    assert loaded.layout == "plain" and loaded.index is None and loaded.readout is None
+    direct = bk.BilinearLayer(t["w"], t["v"], t["p"])
+    for name in ("w", "v", "p"):
+        torch.testing.assert_close(getattr(loaded.layer, name), t[name], rtol=0, atol=0)
+    assert_same_decomposition(bk.decompose(loaded.layer, [0, 2], k=4), bk.decompose(direct, [0, 2], k=4))
+
+
+def test_plain_file_with_biases_and_no_p(tmp_path):
+    t = write_plain(tmp_path / "layer.safetensors", with_p=False, bias=True)
+    layer = load_layer(tmp_path / "layer.safetensors").layer
+    assert layer.p is None and layer.has_bias and layer.d_form == t["w"].shape[1] + 1
+    torch.testing.assert_close(layer.w_bias, t["w_bias"], rtol=0, atol=0)
+    torch.testing.assert_close(layer.v_bias, t["v_bias"], rtol=0, atol=0)
+
+
+def test_bilinear_lm_layer_is_the_packed_mlp(tmp_path):
+    t = write_bilinear_lm(tmp_path, bias=True)
+    loaded = load_layer(tmp_path, 1)
+    assert (loaded.layout, loaded.index, loaded.n_layers) == ("bilinear-lm", 1, 2)
+    # the module the published models run: Linear(d, 2h) -> chunk(2) -> left * right -> p
+    x = torch.randn(4, 8, dtype=torch.float64)
+    left, right = torch.nn.functional.linear(x, t["transformer.h.1.mlp.w.weight"],
+                                             t["transformer.h.1.mlp.w.bias"]).chunk(2, dim=-1)
+    expected = (left * right) @ t["transformer.h.1.mlp.p.weight"].T
+    torch.testing.assert_close(loaded.layer(x), expected)
+    torch.testing.assert_close(loaded.readout, t["lm_head.weight"], rtol=0, atol=0)
+    assert loaded.readout_name == "lm_head.weight"
+
+
+def test_bilinear_lm_old_output_name_tied_unembedding_and_no_config(tmp_path):
+    t = write_bilinear_lm(tmp_path, old_p_name=True, lm_head=False, config=False)
+    loaded = load_layer(tmp_path, -1)
+    assert loaded.index == 1 and loaded.n_layers == 2
+    torch.testing.assert_close(loaded.layer.p, t["transformer.h.1.mlp.o.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.readout, t["transformer.wte.weight"], rtol=0, atol=0)
+    assert any("tied" in n for n in loaded.notes)
+
+
+def test_bilinear_lm_fold_norms_scales_inputs_and_unembedding(tmp_path):
+    t = write_bilinear_lm(tmp_path)
+    plain, folded = load_layer(tmp_path, 0), load_layer(tmp_path, 0, fold_norms=True)
+    gain, final = t["transformer.h.0.n2.weight"], t["transformer.n_f.weight"]
+    torch.testing.assert_close(folded.layer.w, plain.layer.w * gain)
+    torch.testing.assert_close(folded.layer.v, plain.layer.v * gain)
+    torch.testing.assert_close(folded.readout, t["lm_head.weight"] * final)
+    # the folded layer on x equals the raw layer on the norm's output g ⊙ x
+    x = torch.randn(3, 8, dtype=torch.float64)
+    torch.testing.assert_close(folded.layer(x), plain.layer(x * gain))
+    assert folded.readout_name == "lm_head.weight * transformer.n_f.weight"
+
+
+def test_bilinear_image_layer_readout_and_folded_embedding(tmp_path):
+    t = write_bilinear_image(tmp_path, bias=True)
+    loaded = load_layer(tmp_path, 0)
+    assert loaded.layout == "bilinear-image" and loaded.layer.p is None
+    torch.testing.assert_close(loaded.readout, t["head.weight"], rtol=0, atol=0)
+    assert any("direct readout" in n for n in loaded.notes)  # block 0 of 2, not residual
+    folded = load_layer(tmp_path, 0, fold_embedding=True)
+    assert folded.layer.d_in == 16
+    pixels = torch.randn(5, 16, dtype=torch.float64)
+    torch.testing.assert_close(folded.layer(pixels), loaded.layer(pixels @ t["embed.weight"].T))
+    last = load_layer(tmp_path, 1)
+    assert not any("direct readout" in n for n in last.notes)
+
+
+def test_fold_embedding_needs_layer_zero_of_an_image_model(tmp_path):
+    write_bilinear_image(tmp_path / "img")
+    with pytest.raises(CheckpointError, match="layer 0"):
+        load_layer(tmp_path / "img", 1, fold_embedding=True)
+    write_bilinear_lm(tmp_path / "lm")
+    with pytest.raises(CheckpointError, match="image models"):
+        load_layer(tmp_path / "lm", 0, fold_embedding=True)
+
+
+def test_llama_linear_mlp_is_gate_up_down(tmp_path):
+    t = write_llama(tmp_path, mlp_bias=True)
+    loaded = load_layer(tmp_path, 1)
+    pre = "model.layers.1.mlp"
+    x = torch.randn(4, 8, dtype=torch.float64)
+    gate = torch.nn.functional.linear(x, t[f"{pre}.gate_proj.weight"], t[f"{pre}.gate_proj.bias"])
+    up = torch.nn.functional.linear(x, t[f"{pre}.up_proj.weight"], t[f"{pre}.up_proj.bias"])
+    torch.testing.assert_close(loaded.layer(x), (gate * up) @ t[f"{pre}.down_proj.weight"].T)
+    torch.testing.assert_close(loaded.readout, t["lm_head.weight"], rtol=0, atol=0)
+
+
+def test_llama_tied_embeddings_and_fold_norms(tmp_path):
+    t = write_llama(tmp_path, tie=True)
+    loaded = load_layer(tmp_path, 0, fold_norms=True)
+    torch.testing.assert_close(loaded.readout, t["model.embed_tokens.weight"] * t["model.norm.weight"])
+    torch.testing.assert_close(loaded.layer.w,
+                               t["model.layers.0.mlp.gate_proj.weight"] * t["model.layers.0.post_attention_layernorm.weight"])
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh"])
+def test_gated_llama_is_refused_with_the_reason(tmp_path, act):
+    write_llama(tmp_path, act=act)
+    with pytest.raises(CheckpointError) as err:
+        load_layer(tmp_path, 0)
+    message = str(err.value)
+    assert act in message and "not a quadratic form" in message and "allow_gated" in message
+
+
+def test_gated_llama_opt_in_decomposes_the_bilinear_part(tmp_path):
+    t = write_llama(tmp_path, act="silu")
+    loaded = load_layer(tmp_path, 0, allow_gated=True)
+    torch.testing.assert_close(loaded.layer.w, t["model.layers.0.mlp.gate_proj.weight"], rtol=0, atol=0)
+    assert any("not the function the model computes" in n for n in loaded.notes)
+
+
+def test_llama_without_config_cannot_be_assumed_linear(tmp_path):
+    write_llama(tmp_path, config=False)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_layer(tmp_path, 0)
+
+
+def test_sharded_llama_reads_only_the_shards_it_needs(tmp_path):
+    t = write_llama(tmp_path, sharded=True, dtype=torch.bfloat16)
+    loaded = load_layer(tmp_path, 1, dtype="float32")
+    assert loaded.layer.dtype == torch.float32
+    torch.testing.assert_close(loaded.layer.p, t["model.layers.1.mlp.down_proj.weight"].float(), rtol=0, atol=0)
+    names = sorted(f.name for f in loaded.files)
+    # the layer is in shard 2, the unembedding in shard 1: both are read; config and index too
+    assert names == ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                     "model.safetensors.index.json"]
+    assert len(checkpoint_sha256(loaded.files)) == 64
+
+
+def test_checkpoint_file_can_be_given_directly(tmp_path):
+    write_bilinear_lm(tmp_path)
+    loaded = load_layer(tmp_path / "model.safetensors", 0)
+    assert loaded.layout == "bilinear-lm" and [f.name for f in loaded.files] == ["config.json", "model.safetensors"]
+
+
+def test_single_file_hash_is_its_sha256(tmp_path):
+    write_plain(tmp_path / "layer.safetensors")
+    loaded = load_layer(tmp_path / "layer.safetensors")
+    import hashlib
+
+    expected = hashlib.sha256((tmp_path / "layer.safetensors").read_bytes()).hexdigest()
+    assert checkpoint_sha256(loaded.files) == expected == file_sha256(tmp_path / "layer.safetensors")
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="not found"):
+        load_layer(tmp_path / "nope")
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointNotFoundError, match="no model.safetensors"):
+        load_layer(tmp_path / "empty")
+
+
+def test_missing_tensor_is_named_with_its_expected_shape(tmp_path):
+    t = write_bilinear_lm(tmp_path)
+    del t["transformer.h.1.mlp.p.weight"]
+    save_file(t, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"'transformer\.h\.1\.mlp\.p\.weight' is missing .*\(8, 6\)"):
+        load_layer(tmp_path, 1)
+
+
+def test_misshapen_tensor_is_named_with_its_expected_shape(tmp_path):
+    t = write_bilinear_lm(tmp_path)
+    t["transformer.h.0.mlp.p.weight"] = t["transformer.h.0.mlp.p.weight"].T.contiguous()
+    save_file(t, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"'transformer\.h\.0\.mlp\.p\.weight'.*shape \(6, 8\); expected \(8, 6\)"):
+        load_layer(tmp_path, 0)
+
+
+def test_config_and_weights_that_disagree(tmp_path):
+    write_bilinear_image(tmp_path, d_hidden=6)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["d_hidden"] = 7
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"'blocks\.0\.weight'.*expected \(14, 7\)"):
+        load_layer(tmp_path, 0)
+
+
+def test_plain_file_with_mismatched_v(tmp_path):
+    save_file({"w": torch.randn(4, 5), "v": torch.randn(3, 5)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(CheckpointError, match=r"'v'.*\(3, 5\); expected \(4, 5\)"):
+        load_layer(tmp_path / "bad.safetensors")
+
+
+def test_integer_weights_are_refused(tmp_path):
+    save_file({"w": torch.ones(4, 5, dtype=torch.int32), "v": torch.ones(4, 5, dtype=torch.int32)},
+              str(tmp_path / "int.safetensors"))
+    with pytest.raises(CheckpointError, match="dtype torch.int32"):
+        load_layer(tmp_path / "int.safetensors")
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".pt", ".pth", ".ckpt", ".pkl"])
+def test_pickled_files_are_refused_by_name(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(pickle.dumps({"w": [1.0]}))
+    with pytest.raises(CheckpointError, match="never loaded"):
+        load_layer(path)
+
+
+def test_pickle_disguised_as_safetensors_is_refused_by_content(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps({"w": [1.0]}, protocol=4))
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_layer(path)
+    with zipfile.ZipFile(tmp_path / "zipped.safetensors", "w") as z:  # torch.save's format
+        z.writestr("archive/data.pkl", b"x")
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_layer(tmp_path / "zipped.safetensors")
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle_is_read(tmp_path):
+    # header length 0x0280 is stored as b"\x80\x02...", the opening bytes of a protocol-2 pickle
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                         "v": {"dtype": "F32", "shape": [2, 2], "data_offsets": [16, 32]}}).encode()
+    header += b" " * (0x280 - len(header))
+    data = torch.arange(8, dtype=torch.float32).numpy().tobytes()
+    path = tmp_path / "layer.safetensors"
+    path.write_bytes((0x280).to_bytes(8, "little") + header + data)
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    layer = load_layer(path).layer
+    torch.testing.assert_close(layer.v, torch.tensor([[4.0, 5.0], [6.0, 7.0]]))
+
+
+def test_folder_with_only_a_pickle_is_refused(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps({}))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin.*never loaded"):
+        load_layer(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\": oops}    ",
+                                     b"\xff" * 64])
+def test_corrupt_safetensors(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        load_layer(path)
+
+
+def test_truncated_safetensors(tmp_path):
+    write_plain(tmp_path / "full.safetensors", h=40, d=50)
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        load_layer(tmp_path / "cut.safetensors")
+
+
+def test_layer_index_out_of_range(tmp_path):
+    write_bilinear_lm(tmp_path)
+    with pytest.raises(CheckpointError, match=r"layer 2 is out of range.*2 layer\(s\) \(valid: 0\.\.1\)"):
+        load_layer(tmp_path, 2)
+    with pytest.raises(CheckpointError, match="layer -3 is out of range"):
+        load_layer(tmp_path, -3)
+    with pytest.raises(CheckpointError, match="has 2 layers; choose one"):
+        load_layer(tmp_path)
+    write_plain(tmp_path / "p.safetensors")
+    with pytest.raises(CheckpointError, match="single layer"):
+        load_layer(tmp_path / "p.safetensors", 1)
+
+
+def test_unknown_layout_lists_what_it_found(tmp_path):
+    save_file({"encoder.weight": torch.randn(3, 3)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(CheckpointError, match=r"no known bilinear layout \(tensors: encoder\.weight\)"):
+        load_layer(tmp_path / "x.safetensors")
+
+
+def test_broken_config_and_index(tmp_path):
+    write_bilinear_lm(tmp_path / "a")
+    (tmp_path / "a" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_layer(tmp_path / "a", 0)
+    write_llama(tmp_path / "b", sharded=True)
+    (tmp_path / "b" / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointNotFoundError, match="model-00002-of-00002.safetensors"):
+        load_layer(tmp_path / "b", 1)
