@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import sweep
 from .checkpoints import CheckpointError, checkpoint_sha256, file_sha256, load_layer
 from .decompose import METHODS, decompose
 from .layer import BilinearLayer
@@ -164,16 +165,17 @@ def concatenate(parts: list[DecompositionResult]) -> DecompositionResult:
 
 def cmd_decompose(args) -> int:
     out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out must be a file to write (e.g. results.safetensors), and {out} is a folder")
+    streamed = sweep.wants_store(out)
     if not out.parent.exists():
         raise CheckpointError(f"the folder of --out does not exist: {out.parent}")
     target = resolve_target(args.checkpoint, args.layer, args.directions, allow_gated=args.allow_gated,
                             fold_embedding=args.fold_embedding, fold_norms=args.fold_norms, device=args.device)
     for note in target.notes:
         print(f"note: {note}", file=sys.stderr)
+    if streamed:
+        return _decompose_into_store(args, target)
     result = decompose_target(target, k=args.k, which=args.which, method=args.method, dtype=args.dtype,
-                              tol=args.tol, chunk=args.chunk, progress=not args.quiet,
+                              tol=args.tol, chunk=args.chunk or DEFAULT_CHUNK, progress=not args.quiet,
                               options={"device": str(resolve_device(args.device)), "allow_gated": args.allow_gated,
                                        "fold_embedding": args.fold_embedding, "fold_norms": args.fold_norms})
     result.save(out)
@@ -187,6 +189,21 @@ def cmd_decompose(args) -> int:
           f"device={meta['options']['device']}")
     print(f"  time {meta['seconds']:.3g} s, max residual {residual:.2e}")
     print(f"  saved to {out}")
+    return 0
+
+
+def _decompose_into_store(args, target: DecompositionTarget) -> int:
+    """--out DIR: stream into a resumable sweep store (one process, or one rank under torchrun)."""
+    fingerprint = {key: target.metadata.get(key) for key in
+                   ("checkpoint_sha256", "layer", "layout", "directions", "fold_embedding", "fold_norms")}
+    fingerprint["allow_gated"] = args.allow_gated
+    report = sweep.run_from_args(args, target.layer, target.directions, fingerprint=fingerprint,
+                                 k=effective_k(args.k, target.layer), which=args.which, method=args.method,
+                                 tol=args.tol, dtype=args.dtype, progress=not args.quiet)
+    if report.rank == 0:
+        print(f"decomposed {len(target)} direction(s) into {report.path}: {target.description}")
+        print(f"  {report.directions_computed} computed now, the rest resumed; {report.seconds:.3g} s")
+        print(f"  read with bk.open_results({str(report.path)!r})")
     return 0
 
 
@@ -331,9 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--dtype", choices=("float32", "float64"), default=None,
                      help="working precision (default: the weights', half precision upcast to float32)")
     dec.add_argument("--tol", type=_positive_float, default=None, help="residual tolerance of method lanczos")
-    dec.add_argument("--chunk", type=_positive_int, default=DEFAULT_CHUNK, metavar="N",
-                     help=f"directions per chunk (default: {DEFAULT_CHUNK}); the progress bar counts chunks")
-    dec.add_argument("--out", required=True, metavar="FILE", help="results file to write (safetensors)")
+    dec.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
+                     help=f"directions per chunk (default: {DEFAULT_CHUNK} for a file; for a store, about "
+                          "128 MiB of eigenvectors, at most 1024, and a resumed store keeps its own)")
+    dec.add_argument("--out", required=True, metavar="FILE|DIR",
+                     help="a .safetensors file to write, or a sweep store directory: results streamed shard "
+                          "by shard, and a rerun resumes where it stopped")
+    dec.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="with --out DIR: continue a store made with the same settings (default; other "
+                          "settings are refused); --no-resume empties the store and starts anew")
     dec.add_argument("--allow-gated", action="store_true",
                      help="decompose the bilinear part of a gated (SiLU, GELU) MLP, dropping the activation")
     dec.add_argument("--fold-embedding", action="store_true",

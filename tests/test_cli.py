@@ -197,3 +197,23 @@ def test_info_json_and_readable_nested_values(capsys):
     assert json.loads(capsys.readouterr().out)["backends"]["torch"] == torch.__version__
     lines = cli.format_mapping({"triton": None, "devices": [], "extension": {"loaded": True, "ops": ["a", "b"]}})
     assert lines == ["triton:    not available", "devices:   none", "extension:", "  loaded: yes", "  ops:    a, b"]
+
+
+def test_decompose_into_a_store_resumes_and_matches_a_file(tmp_path):
+    """--out DIR streams into a resumable store; a rerun computes nothing and the stored eigenpairs
+    equal those of a single results file."""
+    write_plain(tmp_path / "layer.safetensors", h=3, d=9, o=6)
+    common = ["decompose", tmp_path / "layer.safetensors", "--directions", "classes", "--k", "4", "--quiet"]
+    store, single = tmp_path / "sweep", tmp_path / "res.safetensors"
+    first = run_module(*common, "--chunk", "4", "--out", store)
+    assert first.returncode == 0, first.stderr
+    assert "6 computed now" in first.stdout
+    again = run_module(*common, "--out", store)
+    assert again.returncode == 0, again.stderr
+    assert "0 computed now" in again.stdout
+    assert run_module(*common, "--out", single).returncode == 0
+    stored = bk.open_results(store).load()
+    assert torch.as_tensor(stored.indices).tolist() == [0, 1, 2, 3, 4, 5]
+    assert_same(stored, DecompositionResult.load(single))
+    changed = run_module(*common, "--which", "LA", "--out", store)
+    assert changed.returncode != 0 and "which" in changed.stderr
