@@ -8,6 +8,7 @@ Method choice for method="auto" (d is the form's dimension, d + 1 with biases):
 """
 from __future__ import annotations
 
+import numbers
 import time
 
 import torch
@@ -42,6 +43,7 @@ def choose_method(d: int, h: int, k: int | None) -> str:
     return "eigh"
 
 
+@torch.no_grad()  # eigenpairs are results, not part of a training graph (weights may be Parameters)
 def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str = "LM",
               method: str = "auto", tol: float | None = None, dtype=None, *,
               max_memory: int | None = None, progress: bool | None = None,
@@ -75,8 +77,9 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int):
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
             raise TypeError(f"k must be an int or None, got {type(k).__name__}")
+        k = int(k)
         if not 1 <= k <= d:
             raise ValueError(f"k must be in [1, d] = [1, {d}] for this layer, got {k}")
     if eigh_backend not in EIGH_BACKENDS:

@@ -81,10 +81,10 @@ def parse_directions(directions, d_out: int) -> Directions:
             raise ValueError(f"direction index {first} is out of range for a layer with d_out = {d_out} (valid: 0..{d_out - 1})")
         return Directions(t.cpu(), None)
 
+    if t.ndim not in (1, 2) or t.shape[-1] != d_out:
+        raise ValueError(f"float directions must have shape (o,) or (b, o) with o = d_out = {d_out}, got {tuple(t.shape)}")
     if t.ndim == 1:
         t = t[None]
-    if t.ndim != 2 or t.shape[1] != d_out:
-        raise ValueError(f"float directions must have shape (o,) or (b, o) with o = d_out = {d_out}, got {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError("directions is empty: give at least one output index or direction")
     check_finite(t, "directions")

@@ -25,8 +25,18 @@ def bilinear(x, w, v, p=None, w_bias=None, v_bias=None):
         p = as_tensor(p, "p")
         if p.ndim != 2 or p.shape[1] != w.shape[0]:
             raise ValueError(f"p must be (o, h) with h = {w.shape[0]}, got p {tuple(p.shape)} and w {tuple(w.shape)}")
-    w_bias = None if w_bias is None else as_tensor(w_bias, "w_bias")
-    v_bias = None if v_bias is None else as_tensor(v_bias, "v_bias")
+    biases = {}
+    for name, b in (("w_bias", w_bias), ("v_bias", v_bias)):
+        if b is not None:
+            b = as_tensor(b, name)
+            if b.shape != w.shape[:1]:
+                raise ValueError(f"{name} must be ({w.shape[0]},) to match w {tuple(w.shape)}, got {tuple(b.shape)}")
+        biases[name] = b
+    w_bias, v_bias = biases["w_bias"], biases["v_bias"]
+    dtypes = {name: t.dtype for name, t in (("x", x), ("w", w), ("v", v), ("p", p), *biases.items()) if t is not None}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {str(dt).replace('torch.', '')}" for name, dt in dtypes.items())
+        raise TypeError(f"x and the weights must share one dtype, got {listed}; convert them first")
     from .backends import bilinear_forward_kernel
 
     forward = bilinear_forward_kernel(x, w, v, p, w_bias, v_bias)

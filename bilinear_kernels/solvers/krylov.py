@@ -73,7 +73,11 @@ def krylov_topk(apply_rows, c: torch.Tensor, d: int, k: int, which: str, tol: fl
     b = c.shape[0]
     dtype, device = c.dtype, c.device
     p = min(block_size or default_block_size(k, d, device), d)
-    m_max = min(max(max_basis or default_max_basis(k, p, d), k + p), d)
+    # Ritz values are only trusted with p spare ones beside the k wanted (an invariant subspace
+    # of exactly k columns would make every Ritz value "wanted" and "converged"), so checks start
+    # at k + p columns, and the basis holds k + 2p so a restart always comes after a check.
+    m_max = min(max(max_basis or default_max_basis(k, p, d), k + 2 * p), d)
+    m_trusted = min(k + p, d)
     max_products = max_products or max(4 * m_max, 2 * d)
     keep_after_restart = min(m_max - p, k + (m_max - k) // 2)
     eps = torch.finfo(dtype).eps
@@ -119,7 +123,7 @@ def krylov_topk(apply_rows, c: torch.Tensor, d: int, k: int, which: str, tol: fl
             c_last = None  # B spans the whole space: Rayleigh–Ritz is exact
 
         restart = room == 0 or m + room > m_max
-        due = m >= k and (restart or spent >= max_products or since_check >= _check_every(m, d, p, state.c.shape[1]))
+        due = m >= m_trusted and (restart or spent >= max_products or since_check >= _check_every(m, d, p, state.c.shape[1]))
         if not due:
             continue
         since_check = 0
@@ -187,19 +191,21 @@ def _orthogonalize(qx, basis):
 def _next_block(resid, basis, scale, gen, eps):
     """Orthonormal rows spanning `resid` (b, p, d), already orthogonal to `basis` (b, m, d).
 
-    Rows at rounding-noise level (an invariant subspace was found; rank-deficient or zero Q)
-    are replaced by random vectors, so the basis keeps growing; small but genuine rows are
-    re-orthogonalized, since QR of a tiny vector keeps its relative error against the basis."""
+    Nothing of `resid` may be dropped, or Q B = B T + X C would stop holding and the residual
+    estimates ‖C s‖ would read low. Rows that are small against ‖Q‖ (an invariant subspace was
+    found: rank-deficient or low-rank Q) are kept but re-orthogonalized, since QR of a tiny vector
+    keeps its relative error against the basis; rows with nothing left in them (below one ulp of
+    ‖Q‖, e.g. a zero Q) are replaced by random vectors, so the basis keeps growing."""
     q, r = torch.linalg.qr(resid.mT)
     q = q.mT
     diag = torch.diagonal(r, dim1=-2, dim2=-1).abs()
     level = scale[:, None]
-    lost = diag <= 10 * eps * basis.shape[1] ** 0.5 * level
+    empty = diag <= eps * level
     small = diag <= eps**0.5 * level
     if not bool(small.any()):
         return q
     noise = torch.randn(q.shape, generator=gen, dtype=q.dtype, device=q.device)
-    q = torch.where(lost[:, :, None], noise, q)
+    q = torch.where(empty[:, :, None], noise, q)
     for _ in range(2):
         q = torch.baddbmm(q, q @ basis.mT, basis, alpha=-1)
         q = _orthonormal_rows(q)
