@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -43,6 +44,41 @@ def choose_method(d: int, h: int, k: int | None) -> str:
     return "eigh"
 
 
+class SolverOptions(NamedTuple):
+    """Checked options with their defaults resolved: equal requests written differently (k=None
+    or k=d, method="auto" or what it picks) resolve alike."""
+    k: int
+    which: str
+    method: str
+    tol: float
+    dtype: torch.dtype
+
+
+def resolve_options(layer: BilinearLayer, k, which: str, method: str, tol, dtype) -> SolverOptions:
+    """Validate decompose's solver options for `layer` (clear errors naming the argument) and
+    resolve their defaults."""
+    work = working_dtype(layer.dtype, dtype)
+    d, h = layer.d_form, layer.d_hidden
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise TypeError(f"k must be an int or None, got {type(k).__name__}")
+        k = int(k)
+        if not 1 <= k <= d:
+            raise ValueError(f"k must be in [1, d] = [1, {d}] for this layer, got {k}")
+    if tol is not None and not (tol > 0):
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    if method == "auto":
+        method = choose_method(d, h, k)
+    if method == "lowrank" and 2 * h >= d:
+        raise ValueError(f"method='lowrank' needs 2h < d, got h={h}, d={d} (use 'eigh' or 'lanczos')")
+    return SolverOptions(d if k is None else k, which, method,
+                         DEFAULT_TOL[work] if tol is None else float(tol), work)
+
+
 @torch.no_grad()  # eigenpairs are results, not part of a training graph (weights may be Parameters)
 def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str = "LM",
               method: str = "auto", tol: float | None = None, dtype=None, *,
@@ -70,28 +106,11 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     """
     _check_layer(layer)
     dirs = parse_directions(directions, layer.d_out)
-    work = working_dtype(layer.dtype, dtype)
-    d, h = layer.d_form, layer.d_hidden
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise TypeError(f"k must be an int or None, got {type(k).__name__}")
-        k = int(k)
-        if not 1 <= k <= d:
-            raise ValueError(f"k must be in [1, d] = [1, {d}] for this layer, got {k}")
     if eigh_backend not in EIGH_BACKENDS:
         raise ValueError(f"eigh_backend must be one of {EIGH_BACKENDS}, got {eigh_backend!r}")
-    if tol is not None and not (tol > 0):
-        raise ValueError(f"tol must be positive, got {tol!r}")
-    if method == "auto":
-        method = choose_method(d, h, k)
-    if method == "lowrank" and 2 * h >= d:
-        raise ValueError(f"method='lowrank' needs 2h < d, got h={h}, d={d} (use 'eigh' or 'lanczos')")
-    k_eff = d if k is None else k
-    tol = DEFAULT_TOL[work] if tol is None else float(tol)
+    opts = resolve_options(layer, k, which, method, tol, dtype)
+    work, k_eff, method, tol = opts.dtype, opts.k, opts.method, opts.tol
+    d = layer.d_form
     budget = memory_budget(layer.device, max_memory)
 
     vals = torch.empty(len(dirs), k_eff, dtype=work, device=layer.device)

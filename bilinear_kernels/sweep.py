@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from ._arrays import working_dtype
-from .decompose import DEFAULT_TOL, METHODS, choose_method, decompose
+from .decompose import METHODS, decompose
+from .decompose import resolve_options as decompose_options
 from .directions import Directions, parse_directions
 from .interaction import _check_layer
 from .layer import BilinearLayer
@@ -118,28 +118,11 @@ def direction_ids(dirs: Directions) -> tuple[torch.Tensor, dict]:
 def resolve_options(layer: BilinearLayer, k, which, method, tol, dtype, seed) -> dict:
     """Check the solver options as decompose would and resolve the defaults, so that equal
     requests written differently (k=None or k=d, method="auto" or what it picks) compare equal."""
-    work = working_dtype(layer.dtype, dtype)
-    d, h = layer.d_form, layer.d_hidden
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k must be an int or None, got {type(k).__name__}")
-        if not 1 <= k <= d:
-            raise ValueError(f"k must be in [1, d] = [1, {d}] for this layer, got {k}")
-    if tol is not None and not (tol > 0):
-        raise ValueError(f"tol must be positive, got {tol!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if method == "auto":
-        method = choose_method(d, h, k)
-    if method == "lowrank" and 2 * h >= d:
-        raise ValueError(f"method='lowrank' needs 2h < d, got h={h}, d={d} (use 'eigh' or 'lanczos')")
-    return {"k": d if k is None else k, "which": which, "method": method,
-            "tol": DEFAULT_TOL[work] if tol is None else float(tol),
-            "dtype": str(work).replace("torch.", ""), "seed": seed}
+    opts = decompose_options(layer, k, which, method, tol, dtype)
+    return {"k": opts.k, "which": opts.which, "method": opts.method, "tol": opts.tol,
+            "dtype": str(opts.dtype).replace("torch.", ""), "seed": seed}
 
 
 def default_chunk(d: int, k: int, itemsize: int) -> int:
