@@ -120,11 +120,12 @@ def run_forward(wl: ForwardWorkload, device: str, repeats: int, time_cap: float,
     x32 = torch.randn(wl.tokens, wl.d, generator=gen)
     g32 = torch.randn(wl.tokens, wl.o, generator=gen)
 
-    # the float64 reference: output and gradients of <y, g>
-    ref_in = [t.double().requires_grad_() for t in (x32, w32, v32, p32)]
+    # the float64 reference, on the device: output and gradients of <y, g>
+    ref_in = [t.to(device, torch.float64).requires_grad_() for t in (x32, w32, v32, p32)]
     y_ref = torch_eager(*ref_in)
-    ref_grads = torch.autograd.grad((y_ref * g32.double()).sum(), ref_in)
+    ref_grads = torch.autograd.grad((y_ref * g32.to(device, torch.float64)).sum(), ref_in)
     ref = {"y": y_ref.detach()} | dict(zip(("dx", "dw", "dv", "dp"), ref_grads))
+    del ref_in, y_ref, ref_grads
 
     leaves = [t.to(device=device, dtype=dtype) for t in (x32, w32, v32, p32)]
     g = g32.to(device=device, dtype=dtype)
@@ -176,4 +177,4 @@ def run_forward(wl: ForwardWorkload, device: str, repeats: int, time_cap: float,
 
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     scale = ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
-    return float((a.detach().cpu().double() - ref).abs().max() / scale)
+    return float((a.detach().to(ref.device, torch.float64) - ref).abs().max() / scale)

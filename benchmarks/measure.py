@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 import bilinear_kernels as bk
+from bilinear_kernels import memory
 
 RSS_SAMPLE_SECONDS = 0.002
 MEMORY_METHOD = {
@@ -98,7 +99,7 @@ def free_bytes(device: str) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return bk.memory.free_bytes(torch.device("cpu"))
+    return memory.free_bytes(torch.device("cpu"))
 
 
 # -- peak memory -------------------------------------------------------------------------------

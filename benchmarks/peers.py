@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import bilinear_kernels as bk
+from bilinear_kernels.memory import format_bytes, memory_budget
 
 from .measure import Deadline, NotApplicable, OutOfMemory, Solution, free_bytes
 from .workloads import Workload, coefficients
@@ -57,14 +58,12 @@ class Context:
         return self.b * (w.d + 1) * w.k_eff * FLOAT32
 
 
-def format_bytes(n: float) -> str:
-    return bk.memory.format_bytes(int(n))
-
-
 class Method:
     name = ""
     label = ""
     family = "peer"  # "baseline", "peer" or "ours"
+    # True when the warm-up run differs from a timed run (so it never counts as a sample)
+    warmup_differs = False
 
     def skip_reason(self, ctx: Context) -> str | None:
         return None
@@ -72,9 +71,6 @@ class Method:
     def bytes_needed(self, ctx: Context) -> int:
         """Up-front estimate of the least memory a run needs (one chunk and the outputs)."""
         return ctx.output_bytes
-
-    # True when the warm-up run differs from a timed run (so it never counts as a sample)
-    warmup_differs = False
 
     def solve(self, ctx: Context, deadline: Deadline, warmup: bool) -> Solution:
         raise NotImplementedError
@@ -115,7 +111,7 @@ def select_by_magnitude(values: torch.Tensor, vectors: torch.Tensor, k: int):
 
 
 def _chunk(ctx: Context, bytes_per_direction: int) -> int:
-    budget = bk.memory.memory_budget(torch.device(ctx.device))
+    budget = memory_budget(torch.device(ctx.device))
     return max(1, min(MAX_CHUNK, ctx.b, budget // max(1, bytes_per_direction)))
 
 
@@ -227,6 +223,12 @@ def _eigsh_skip(ctx: Context, what: str) -> str | None:
     return _cpu_only(ctx)
 
 
+def _start_vectors(ctx: Context) -> np.ndarray:
+    """ARPACK's starting vectors, one per direction, from the run's seed (reproducible runs)."""
+    rng = np.random.default_rng(ctx.seed)
+    return rng.standard_normal((ctx.b, ctx.workload.d)).astype(np.float32)
+
+
 def _to_device(ctx: Context, vals: np.ndarray, vecs: np.ndarray, k: int):
     v = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))[None].to(ctx.device)
     x = torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32))[None].to(ctx.device)
@@ -250,11 +252,12 @@ class ScipyEigsh(Method):
         w = ctx.workload
         layer = ctx.layer.to("cpu")
         dirs = ctx.directions.cpu()
+        starts = _start_vectors(ctx)
         out = _Output(ctx)
         for i in range(ctx.b):
             deadline.check(i)
             q = bk.interaction_matrices(layer, dirs[i:i + 1])[0].numpy()
-            vals, vecs = eigsh(q, k=w.k, which="LM", tol=ctx.tol)
+            vals, vecs = eigsh(q, k=w.k, which="LM", tol=ctx.tol, v0=starts[i])
             out.put(i, *_to_device(ctx, vals, vecs, w.k))
         return out.solution()
 
@@ -277,6 +280,7 @@ class ScipyEigshMatrixFree(Method):
         wt = ctx.layer.w.cpu().numpy()
         vt = ctx.layer.v.cpu().numpy()
         coeffs = coefficients(ctx.layer, ctx.directions).cpu().numpy()
+        starts = _start_vectors(ctx)
         out = _Output(ctx)
         for i in range(ctx.b):
             deadline.check(i)
@@ -287,7 +291,7 @@ class ScipyEigshMatrixFree(Method):
                 return wt.T @ (half_c * (vt @ x)) + vt.T @ (half_c * (wt @ x))
 
             op = LinearOperator((w.d, w.d), matvec=matvec, dtype=np.float32)
-            vals, vecs = eigsh(op, k=w.k, which="LM", tol=ctx.tol)
+            vals, vecs = eigsh(op, k=w.k, which="LM", tol=ctx.tol, v0=starts[i])
             out.put(i, *_to_device(ctx, vals, vecs, w.k))
         return out.solution()
 
@@ -406,23 +410,33 @@ class Ours(Method):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", bk.ConvergenceWarning)
             if warmup:
-                out = _Output(ctx)
+                out, runs = _Output(ctx), []
                 step = -(-ctx.b // self.WARMUP_SPLITS)
                 for start in range(0, ctx.b, step):
                     deadline.check(start)
                     res = self._decompose(ctx, ctx.directions[start:start + step])
                     out.put(start, res.eigenvalues, res.eigenvectors)
+                    runs.append((len(res), res.metadata))
                 values, vectors = out.values, out.vectors
             else:
                 res = self._decompose(ctx, ctx.directions)
-                values, vectors = res.eigenvalues, res.eigenvectors
-        extra = {"method_ran": res.method}
-        extra.update({key: res.metadata[key] for key in ("block_size", "max_basis", "products_mean",
-                                                          "products_max") if key in res.metadata})
+                values, vectors, runs = res.eigenvalues, res.eigenvectors, [(len(res), res.metadata)]
+        extra = {"method_ran": res.method, **_krylov_counts(runs)}
         notes = sorted({str(c.message) for c in caught if issubclass(c.category, bk.ConvergenceWarning)})
         if notes:
             extra["warnings"] = notes
         return Solution(values, vectors, extra)
+
+
+def _krylov_counts(runs: list[tuple[int, dict]]) -> dict:
+    """The Krylov solver's settings and products per direction, pooled over (count, metadata) calls."""
+    meta = [(n, m) for n, m in runs if "products_mean" in m]
+    if not meta:
+        return {}
+    total = sum(n for n, _ in meta)
+    return {"block_size": meta[0][1]["block_size"], "max_basis": meta[0][1]["max_basis"],
+            "products_mean": round(sum(n * m["products_mean"] for n, m in meta) / total, 1),
+            "products_max": max(m["products_max"] for _, m in meta)}
 
 
 OURS_METHODS = ("auto", "eigh", "lanczos", "lowrank")

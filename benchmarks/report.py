@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import bilinear_kernels as bk
+from bilinear_kernels.memory import format_bytes
 
 from .measure import MEMORY_METHOD
 from .targets import evaluate, speedup, verdict
@@ -97,7 +98,7 @@ def device_slug(device: str) -> str:
 
 # -- formatting ----------------------------------------------------------------------------------
 def _bytes(n) -> str:
-    return "–" if n is None else bk.memory.format_bytes(int(n))
+    return "–" if n is None else format_bytes(int(n))
 
 
 def _sci(x) -> str:
@@ -161,8 +162,9 @@ def markdown(results: dict, plot_names: dict) -> str:
                f"CUDA {env['cuda']}, driver {env['driver']}, commit {str(env['git_commit'])[:10]}"
                f"{' (modified)' if env['git_dirty'] else ''}.")
     out.append("")
-    out.append(f"Scale {st['scale']:g} of the published shapes; {st['weights']} random weights; median of up "
-               f"to {st['repeats']} runs after a warm-up; time cap {st['time_cap']:g} s per method "
+    out.append(f"Scale {st['scale']:g} of the published shapes; {st['weights']} random weights; "
+               f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up "
+               f"({st['forward_repeats']} for W5); time cap {st['time_cap']:g} s per method "
                f"({st['baseline_cap_factor']:g}× for the research-code baseline). Command: "
                f"`{results['command']}`.")
     out.append("")

@@ -134,11 +134,13 @@ def main(argv=None) -> dict:
         "command": "python -m benchmarks.run " + shlex.join(argv),
         "environment": report.environment(args.device),
         "settings": {"device": args.device, "scale": args.scale, "repeats": args.repeats,
+                     "forward_repeats": max(args.repeats, FORWARD_MIN_REPEATS),
                      "time_cap": args.time_cap, "baseline_cap_factor": BASELINE_CAP_FACTOR,
                      "weights": args.weights, "seed": args.seed, "oracle_directions": args.oracle_directions,
                      "only": list(args.only), "methods": list(args.methods), "cpu_peers": args.cpu_peers,
                      "threads": torch.get_num_threads(),
-                     "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32)},
+                     "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+                     "float32_matmul_precision": torch.get_float32_matmul_precision()},
         "workloads": [], "forward": None, "sweep": [],
     }
     # the objects alive now (modules, weights) live to the end: leave them out of every gc pass
@@ -166,7 +168,7 @@ def _run_all(args, results: dict, log) -> None:
         fwl = scale_forward(FORWARD, args.scale)
         dtype, note = choose_dtype(args.device, args.w5_dtype)
         log(f"{fwl.name}: {fwl.title} (tokens {fwl.tokens}, d {fwl.d}, h {fwl.h}, o {fwl.o}; {note})")
-        rows = run_forward(fwl, args.device, max(args.repeats, FORWARD_MIN_REPEATS), args.time_cap, dtype,
+        rows = run_forward(fwl, args.device, results["settings"]["forward_repeats"], args.time_cap, dtype,
                            args.weights, args.seed, log)
         results["forward"] = {"name": fwl.name, "title": fwl.title, "shapes": fwl.shapes(),
                               "dtype": str(dtype).replace("torch.", ""), "dtype_note": note, "rows": rows}

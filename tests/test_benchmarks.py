@@ -2,6 +2,7 @@
 measurements into numbers (accuracy against the oracle, speedups, targets, scaling) are right."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -18,8 +19,12 @@ STATUSES = {"ok", "time_cap", "out_of_memory", "not_applicable", "error"}
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    run = main(["--scale", "0.02", "--only", "W1,W4,W5,sweep", "--repeats", "1", "--time-cap", "5",
-                "--out", str(out), "--stem", "smoke", "--quiet"])
+    threads = torch.get_num_threads()
+    try:  # one thread: tiny problems gain nothing from more, and a busy CI machine slows them a lot
+        run = main(["--scale", "0.02", "--only", "W1,W4,W5,sweep", "--repeats", "1", "--time-cap", "5",
+                    "--threads", "1", "--out", str(out), "--stem", "smoke", "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
     return run, out
 
 
@@ -201,3 +206,63 @@ def test_random_weights_are_deterministic_and_scaled():
     # entries of variance 1/d (W, V) and 1/h (P): unit-scale activations
     assert w1.var().item() == pytest.approx(1 / 64, rel=0.1)
     assert p1.var().item() == pytest.approx(1 / 256, rel=0.1)
+
+
+def _tiny_context(k=3):
+    from benchmarks.peers import Context
+
+    wl = workloads.Workload("T", "tiny", d=12, h=20, o=6, n_directions=4, directions="indices", k=k)
+    return Context(workload=wl, layer=_tiny_layer(), directions=torch.arange(4), device="cpu")
+
+
+def test_a_peer_that_cannot_fit_gets_an_out_of_memory_row(monkeypatch):
+    from benchmarks import peers
+
+    ctx = _tiny_context()
+    monkeypatch.setattr(peers, "free_bytes", lambda device: 1)
+    row = measure.measure(lambda cap, warmup: peers.TorchEigh()(ctx, cap, warmup), device="cpu",
+                          repeats=1, time_cap=5.0)
+    assert row["status"] == "out_of_memory" and "up-front estimate" in row["reason"]
+
+
+def test_a_looping_peer_stops_at_the_time_cap():
+    from benchmarks import peers
+
+    ctx = _tiny_context()
+    row = measure.measure(lambda cap, warmup: peers.ScipyEigsh()(ctx, cap, warmup), device="cpu",
+                          repeats=1, time_cap=0.0)
+    assert row["status"] == "time_cap" and "of 4 directions" in row["reason"]
+
+
+def test_every_applicable_method_finds_the_oracle_pairs():
+    from benchmarks import peers
+
+    ctx = _tiny_context(k=3)
+    oracle = measure.Oracle(ctx.layer, ctx.directions, k=3, count=4)
+    ran = []
+    for method in peers.all_methods():
+        if method.skip_reason(ctx):
+            continue
+        acc = oracle.check(method(ctx, 30.0, warmup=False))
+        assert acc["max_rel_eig_error"] < 1e-4 and acc["max_residual"] < 1e-3, (method.name, acc)
+        ran.append(method.name)
+    assert {"research", "torch-eigh", "torch-lobpcg", "scipy-eigsh", "scipy-eigsh-mf",
+            "ours-auto", "ours-eigh", "ours-lanczos"} <= set(ran)
+
+
+def test_research_code_without_room_for_the_tensor_goes_per_direction(monkeypatch):
+    from benchmarks import peers
+
+    for direction_kind in ("indices", "vectors"):
+        ctx = _tiny_context(k=4)
+        if direction_kind == "vectors":
+            g = torch.Generator().manual_seed(3)
+            ctx.directions = torch.randn(4, 6, generator=g)
+            ctx.workload = dataclasses.replace(ctx.workload, directions="vectors")
+        oracle = measure.Oracle(ctx.layer, ctx.directions, k=4, count=4)
+        for fits in (True, False):
+            monkeypatch.setattr(peers.ResearchCode, "materializes", lambda self, ctx, fits=fits: fits)
+            sol = peers.ResearchCode()(ctx, 30.0)
+            assert sol.extra["materialized_tensor"] is fits
+            acc = oracle.check(sol)
+            assert acc["max_rel_eig_error"] < 1e-5 and acc["max_residual"] < 1e-5, (direction_kind, fits, acc)
