@@ -37,28 +37,29 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--scale", type=float, default=None,
                     help="shrink every workload proportionally (default: 0.125 on cpu, 1 on cuda)")
     ap.add_argument("--only", default=None,
-                    help=f"comma-separated subset of {', '.join(NAMES + (SWEEP,))}")
+                    help=f"comma-separated subset of {', '.join(NAMES + (SWEEP,))} (default: all)")
     ap.add_argument("--methods", default=None,
-                    help=f"comma-separated subset of {', '.join(method_names())} (W1-W4 and the sweep)")
+                    help=f"comma-separated subset of {', '.join(method_names())} for W1-W4 and the sweep (default: all)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 3 cpu, 5 cuda)")
     ap.add_argument("--time-cap", type=float, default=None,
-                    help="seconds a method may spend on one workload (default: 30 cpu, 120 cuda)")
-    ap.add_argument("--weights", choices=WEIGHTS, default="gaussian")
-    ap.add_argument("--seed", type=int, default=0)
+                    help="seconds after which a run is stopped, and the total its timed repeats may take "
+                         f"(default: 30 cpu, 120 cuda; {BASELINE_CAP_FACTOR:g}x before the baseline is stopped)")
+    ap.add_argument("--weights", choices=WEIGHTS, default="gaussian",
+                    help="random weights: gaussian (default; hardest spectra) or decaying (like trained layers)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of weights, directions and solver starts (default: 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--oracle-directions", type=int, default=4,
-                    help="directions per workload checked against the float64 oracle")
+                    help="directions per workload checked against the float64 oracle (default: 4)")
     ap.add_argument("--cpu-peers", action="store_true",
                     help="also run the CPU-only SciPy peers in a CUDA run")
     ap.add_argument("--w5-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                     help="W5 precision (auto: bf16 on cuda, and on cpu unless bf16 is impractical there)")
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the result files")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the result files (default: benchmarks/results)")
     ap.add_argument("--stem", default=None, help="file name stem (default: <device>-<date>[-scale<s>][-<only>])")
     ap.add_argument("--quiet", action="store_true", help="no per-row progress lines")
     args = ap.parse_args(argv)
