@@ -1,0 +1,412 @@
+"""The run's record: a JSON results file, a Markdown report and two PNG plots, side by side in
+benchmarks/results/ under one stem (<device>-<date>[-scale<s>][-<only>]).
+
+  <stem>.json          environment (device, driver, CUDA, torch, triton, cupy versions), settings,
+                       shapes, every row with its raw timings, the targets
+  <stem>.md            PASS/FAIL targets, speedups over the research-code approach, per-workload tables
+  <stem>-speedup.png   speedup per workload and method (log scale)
+  <stem>-sweep.png     time against d per method (log-log)
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import bilinear_kernels as bk
+from bilinear_kernels.memory import format_bytes
+
+from .measure import MEMORY_METHOD
+from .targets import evaluate, speedup, verdict
+
+STATUS_TEXT = {"time_cap": "time cap", "out_of_memory": "out of memory",
+               "not_applicable": "n/a", "error": "error"}
+
+
+# -- environment ---------------------------------------------------------------------------------
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:  # noqa: BLE001 - not installed or broken: recorded as absent
+        return None
+
+
+def _run(cmd: list[str], cwd=None) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def environment(device: str) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        "device": device,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cupy": _version("cupy"),
+        "numpy": _version("numpy"),
+        "scipy": _version("scipy"),
+        "bilinear_kernels": bk.__version__,
+        "bilinear_kernels_backends": bk.backends(),
+        "git_commit": _run(["git", "rev-parse", "HEAD"], cwd=root),
+        "git_dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)),
+        "cuda": torch.version.cuda,
+        "driver": None,
+        "gpu": None,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        env["gpu"] = {"name": props.name, "memory_bytes": props.total_memory,
+                      "capability": f"{props.major}.{props.minor}",
+                      "multiprocessors": props.multi_processor_count}
+        env["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        if env["driver"]:
+            env["driver"] = env["driver"].splitlines()[0]
+    return env
+
+
+def device_slug(device: str) -> str:
+    if not device.startswith("cuda"):
+        return "cpu"
+    name = torch.cuda.get_device_name(torch.cuda.current_device()).lower()
+    return "cuda-" + "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def _bytes(n) -> str:
+    return "–" if n is None else format_bytes(int(n))
+
+
+def _sci(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1e}"
+
+
+def _secs(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def _ratio(x) -> str:
+    return "–" if x is None else (f"{x:.2f}×" if x < 10 else f"{x:.1f}×" if x < 100 else f"{x:.0f}×")
+
+
+def _cell(row: dict | None, ratio: float | None) -> str:
+    if row is None:
+        return "–"
+    if row["status"] != "ok":
+        return STATUS_TEXT.get(row["status"], row["status"])
+    return _ratio(ratio)
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def shape_line(shapes: dict) -> str:
+    k = "full spectrum" if shapes["full_spectrum"] else f"top-{shapes['k']} by |λ|"
+    return (f"d = {shapes['d']}, h = {shapes['h']}, o = {shapes['o']}, {shapes['directions']} "
+            f"{'output indices' if shapes['direction_kind'] == 'indices' else 'direction vectors'}, {k}")
+
+
+def _notes(row: dict) -> str:
+    parts = []
+    if row.get("reason"):
+        parts.append(row["reason"])
+    extra = row.get("extra") or {}
+    if "method_ran" in extra:
+        parts.append(f"ran {extra['method_ran']}")
+    if "products_mean" in extra:
+        parts.append(f"{extra['products_mean']} products/direction")
+    if extra.get("materialized_tensor") is not None:
+        parts.append("materialized the tensor" if extra["materialized_tensor"] else "Q per direction")
+    if extra.get("warnings"):
+        parts.append("warned: " + extra["warnings"][0])
+    if extra.get("repeats_stopped"):
+        parts.append("repeats stopped: " + extra["repeats_stopped"])
+    sec = row.get("seconds") or {}
+    if sec.get("samples") is not None and len(sec["samples"]) == 1:
+        parts.append("1 sample")
+    return _escape("; ".join(parts))
+
+
+def markdown(results: dict, plot_names: dict) -> str:
+    env, st = results["environment"], results["settings"]
+    where = env["gpu"]["name"] if env.get("gpu") else f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads)"
+    out = [f"# bilinear_kernels benchmarks: {st['device']}, {results['date']}", ""]
+    out.append(f"{where}; torch {env['torch']}, triton {env['triton']}, cupy {env['cupy']}, "
+               f"CUDA {env['cuda']}, driver {env['driver']}, commit {str(env['git_commit'])[:10]}"
+               f"{' (modified)' if env['git_dirty'] else ''}.")
+    out.append("")
+    out.append(f"Scale {st['scale']:g} of the published shapes; {st['weights']} random weights; "
+               f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up "
+               f"({st['forward_repeats']} for W5); time cap {st['time_cap']:g} s per method "
+               f"({st['baseline_cap_factor']:g}× for the research-code baseline). Command: "
+               f"`{results['command']}`.")
+    out.append("")
+    out.append(f"Peak memory: {st['memory_method']}. Accuracy, on {st['oracle_directions']} directions per "
+               "workload against float64: the largest eigenvalue error relative to ‖Q‖₂ and the largest "
+               "residual ‖Q v − λ v‖ / ‖Q‖₂ of the returned pairs.")
+    out.append("")
+
+    out += ["## Targets", ""]
+    for line in results["targets"]:
+        out.append(f"- **{verdict(line)}** {line['target']}: {line['detail']}")
+    out.append("")
+
+    out += _speedup_table(results)
+    for workload in results["workloads"]:
+        out += _workload_table(workload)
+    if results.get("forward"):
+        out += _forward_table(results["forward"])
+    if results.get("sweep"):
+        out += _sweep_table(results["sweep"])
+    if plot_names:
+        out += ["## Plots", ""]
+        for title, name in plot_names.items():
+            out += [f"![{title}]({name})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _speedup_table(results: dict) -> list[str]:
+    workloads = results["workloads"]
+    forward = results.get("forward")
+    cols = [w["name"] for w in workloads] + (["W5 fwd", "W5 fwd+bwd"] if forward else [])
+    if not cols:
+        return []
+    out = ["## Speedup over the research-code approach", "",
+           "Median time of the research-code approach (torch eager for W5) over each method's, "
+           "measured in this run.", "",
+           "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    labels = {}
+    for w in workloads:
+        for r in w["rows"]:
+            labels.setdefault(r["method"], r["label"])
+    for method, label in labels.items():
+        cells = []
+        for w in workloads:
+            row = next((r for r in w["rows"] if r["method"] == method), None)
+            cells.append(_cell(row, speedup(w, row) if row else None))
+        if forward:
+            cells += ["–", "–"]
+        out.append(f"| {_escape(label)} | " + " | ".join(cells) + " |")
+    if forward:
+        for row in forward["rows"]:
+            cells = ["–"] * len(workloads)
+            for name in ("forward", "forward_backward"):
+                cells.append(_cell(row if row["status"] != "ok" else row["passes"][name],
+                                   forward_speedup(forward, row, name)))
+            out.append(f"| {_escape(row['label'])} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _workload_table(w: dict) -> list[str]:
+    out = [f"## {w['name']}: {w['title']}", "", shape_line(w["shapes"]) + ".", "",
+           "| method | status | median s | min–max s | speedup | peak memory | max eig. error | max residual | notes |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in w["rows"]:
+        sec = r.get("seconds") or {}
+        acc = r.get("accuracy") or {}
+        span = f"{_secs(sec.get('min'))}–{_secs(sec.get('max'))}" if sec else "–"
+        out.append(f"| {_escape(r['label'])} | {STATUS_TEXT.get(r['status'], r['status'])} | "
+                   f"{_secs(sec.get('median'))} | {span} | {_ratio(speedup(w, r))} | {_bytes(r.get('peak_bytes'))} | "
+                   f"{_sci(acc.get('max_rel_eig_error'))} | {_sci(acc.get('max_residual'))} | {_notes(r)} |")
+    return out + [""]
+
+
+def forward_speedup(forward: dict, row: dict, name: str) -> float | None:
+    base = next((r for r in forward["rows"] if r["family"] == "baseline"), None)
+    try:
+        b = base["passes"][name]["seconds"]["median"]
+        m = row["passes"][name]["seconds"]["median"]
+    except (KeyError, TypeError):
+        return None
+    return b / m if m > 0 else None
+
+
+def _forward_table(forward: dict) -> list[str]:
+    s = forward["shapes"]
+    out = [f"## W5: {forward['title']}", "",
+           f"tokens = {s['tokens']}, d = {s['d']}, h = {s['h']}, o = {s['o']}; precision {forward['dtype_note']}.", "",
+           "| method | pass | status | median s | min–max s | speedup | peak memory | max error y | max error of gradients | notes |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in forward["rows"]:
+        if not row.get("passes"):
+            out.append(f"| {_escape(row['label'])} | – | {STATUS_TEXT.get(row['status'], row['status'])} | – | – | – | – | – | – | {_escape(row['reason'])} |")
+            continue
+        for name, p in row["passes"].items():
+            sec = p.get("seconds") or {}
+            acc = p.get("accuracy") or {}
+            grads = [v for k, v in acc.items() if k.startswith("max_rel_error_d")]
+            span = f"{_secs(sec.get('min'))}–{_secs(sec.get('max'))}" if sec else "–"
+            out.append(f"| {_escape(row['label'])} | {name.replace('_', '+')} | {STATUS_TEXT.get(p['status'], p['status'])} | "
+                       f"{_secs(sec.get('median'))} | {span} | {_ratio(forward_speedup(forward, row, name))} | "
+                       f"{_bytes(p.get('peak_bytes'))} | {_sci(acc.get('max_rel_error_y'))} | "
+                       f"{_sci(max(grads)) if grads else '–'} | {_escape(p.get('reason') or '')} |")
+    return out + ["", "Errors: largest absolute difference from a float64 evaluation, relative to its largest entry.", ""]
+
+
+def _sweep_table(sweep: list[dict]) -> list[str]:
+    ds = [w["shapes"]["d"] for w in sweep]
+    first = sweep[0]["shapes"]
+    out = ["## Time against d", "",
+           f"h = {first['h'] // first['d']}d, o = d, {first['directions']} direction vectors, top-{first['k']} by |λ|. "
+           "Median seconds (speedup over the research code in brackets).", "",
+           "| method | " + " | ".join(f"d = {d}" for d in ds) + " |", "|---|" + "---|" * len(ds)]
+    labels = {}
+    for w in sweep:
+        for r in w["rows"]:
+            labels.setdefault(r["method"], r["label"])
+    for method, label in labels.items():
+        cells = []
+        for w in sweep:
+            row = next((r for r in w["rows"] if r["method"] == method), None)
+            if row is None or row["status"] != "ok":
+                cells.append(_cell(row, None))
+            else:
+                cells.append(f"{_secs(row['seconds']['median'])} ({_ratio(speedup(w, row))})")
+        out.append(f"| {_escape(label)} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def _styles(results: dict) -> dict:
+    """label -> (color, linestyle): one color per method across both plots, ours drawn solid and
+    the peers dashed."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for w in results["workloads"] + (results.get("sweep") or []) for r in w["rows"]]
+    rows += (results.get("forward") or {}).get("rows", [])
+    cmap = plt.get_cmap("tab20")
+    styles = {}
+    for r in rows:
+        if r["label"] not in styles:
+            styles[r["label"]] = (cmap(len(styles) % 20), "-" if r["family"] == "ours" else "--")
+    return styles
+
+
+def plot_speedup(results: dict, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = []  # (workload label, {method label: ratio})
+    for w in results["workloads"]:
+        groups.append((w["name"], {r["label"]: speedup(w, r) for r in w["rows"] if r["family"] != "baseline"}))
+    if results.get("forward"):
+        fw = results["forward"]
+        for name, title in (("forward", "W5 fwd"), ("forward_backward", "W5 fwd+bwd")):
+            groups.append((title, {r["label"]: forward_speedup(fw, r, name) for r in fw["rows"] if r["family"] != "baseline"}))
+    methods = []
+    for _, ratios in groups:
+        methods += [m for m, x in ratios.items() if x is not None and m not in methods]
+    if not methods:
+        return False
+    styles = _styles(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 2), 4.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs = [g for g, (_, ratios) in enumerate(groups) if ratios.get(method) is not None]
+        ys = [groups[g][1][method] for g in xs]
+        ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], ys, width, label=method, color=styles[method][0])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), [g for g, _ in groups])
+    ax.set_ylabel("speedup over the research code (×)")
+    ax.set_title(f"{results['settings']['device']}, scale {results['settings']['scale']:g}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_sweep(results: dict, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for w in results.get("sweep") or []:
+        for r in w["rows"]:
+            if r["status"] == "ok":
+                series.setdefault(r["label"], []).append((w["shapes"]["d"], r["seconds"]["median"]))
+    if not series:
+        return False
+    styles = _styles(results)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for label, points in series.items():
+        xs, ys = zip(*points)
+        color, line = styles[label]
+        ax.plot(xs, ys, marker="o", label=label, color=color, linestyle=line)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ds = sorted({w["shapes"]["d"] for w in results["sweep"]})
+    ax.set_xticks(ds, [str(d) for d in ds])
+    ax.minorticks_off()
+    ax.set_xlabel("d (h = 4d)")
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"time against d, {results['settings']['device']}, scale {results['settings']['scale']:g}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# -- writing -------------------------------------------------------------------------------------
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def write(results: dict, out_dir: Path, stem: str) -> dict:
+    """Evaluate the targets, then write the JSON, the plots and the Markdown; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["settings"]["memory_method"] = MEMORY_METHOD["cuda" if results["settings"]["device"].startswith("cuda") else "cpu"]
+    results["targets"] = evaluate(results)
+    paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md"}
+    plots = {}
+    if plot_speedup(results, out_dir / f"{stem}-speedup.png"):
+        paths["speedup_png"] = out_dir / f"{stem}-speedup.png"
+        plots["speedup per workload"] = paths["speedup_png"].name
+    if plot_sweep(results, out_dir / f"{stem}-sweep.png"):
+        paths["sweep_png"] = out_dir / f"{stem}-sweep.png"
+        plots["time against d"] = paths["sweep_png"].name
+    results["files"] = {k: p.name for k, p in paths.items()}
+    paths["json"].write_text(json.dumps(_json_safe(results), indent=1) + "\n")
+    paths["markdown"].write_text(markdown(results, plots))
+    return paths

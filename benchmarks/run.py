@@ -1,0 +1,193 @@
+"""Run the end-to-end suite: `python -m benchmarks.run [--scale S] [--only W3] [--device cuda] ...`
+
+Measures every method of benchmarks.peers on W1..W4 and the d-sweep, and the forward/backward
+comparison on W5, then writes benchmarks/results/<device>-<date>.{json,md} and the PNG plots.
+The defaults keep a CPU run to a few minutes (scale 1/8 of the published shapes); a CUDA run uses
+the full shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import report
+from .forward import choose_dtype, run_forward
+from .measure import Oracle, measure
+from .peers import Context, all_methods, method_names
+from .workloads import (FORWARD, NAMES, WEIGHTS, Workload, decomposition_workloads, make_directions,
+                        make_layer, scale_forward, sweep_workloads)
+
+DEFAULTS = {  # per device: scale, repeats, time cap (s)
+    "cpu": {"scale": 0.125, "repeats": 3, "time_cap": 30.0},
+    "cuda": {"scale": 1.0, "repeats": 5, "time_cap": 120.0},
+}
+# the baseline may run longer before it is stopped: without it no speedup can be computed
+BASELINE_CAP_FACTOR = 4.0
+# W5's passes take milliseconds: more samples cost little and steady the median
+FORWARD_MIN_REPEATS = 10
+SWEEP = "sweep"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="shrink every workload proportionally (default: 0.125 on cpu, 1 on cuda)")
+    ap.add_argument("--only", default=None,
+                    help=f"comma-separated subset of {', '.join(NAMES + (SWEEP,))} (default: all)")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated subset of {', '.join(method_names())} for W1-W4 and the sweep (default: all)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 3 cpu, 5 cuda)")
+    ap.add_argument("--time-cap", type=float, default=None,
+                    help="seconds after which a run is stopped, and the total its timed repeats may take "
+                         f"(default: 30 cpu, 120 cuda; {BASELINE_CAP_FACTOR:g}x before the baseline is stopped)")
+    ap.add_argument("--weights", choices=WEIGHTS, default="gaussian",
+                    help="random weights: gaussian (default; hardest spectra) or decaying (like trained layers)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of weights, directions and solver starts (default: 0)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    ap.add_argument("--oracle-directions", type=int, default=4,
+                    help="directions per workload checked against the float64 oracle (default: 4)")
+    ap.add_argument("--cpu-peers", action="store_true",
+                    help="also run the CPU-only SciPy peers in a CUDA run")
+    ap.add_argument("--w5-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="W5 precision (auto: bf16 on cuda, and on cpu unless bf16 is impractical there)")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the result files (default: benchmarks/results)")
+    ap.add_argument("--stem", default=None, help="file name stem (default: <device>-<date>[-scale<s>][-<only>])")
+    ap.add_argument("--quiet", action="store_true", help="no per-row progress lines")
+    args = ap.parse_args(argv)
+
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    if args.device != "cpu" and kind != "cuda":
+        ap.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda asked for, but torch sees no CUDA device")
+    for name, value in DEFAULTS[kind].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not 0 < args.scale <= 1:
+        ap.error(f"--scale must be in (0, 1], got {args.scale}")
+    if args.repeats < 1 or args.time_cap <= 0 or args.oracle_directions < 1:
+        ap.error("--repeats and --oracle-directions must be ≥ 1 and --time-cap positive")
+    args.only = _subset(ap, "--only", args.only, NAMES + (SWEEP,))
+    args.methods = _subset(ap, "--methods", args.methods, tuple(method_names()))
+    return args
+
+
+def _subset(ap, flag: str, value: str | None, allowed: tuple) -> tuple:
+    if value is None:
+        return allowed
+    chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        ap.error(f"{flag}: unknown {unknown or value!r}; choose from {', '.join(allowed)}")
+    return chosen
+
+
+def run_decomposition(wl: Workload, args, log) -> dict:
+    layer = make_layer(wl, args.device, args.weights, args.seed)
+    ctx = Context(workload=wl, layer=layer, directions=make_directions(wl, args.device, args.seed),
+                  device=args.device, seed=args.seed, cpu_peers=args.device == "cpu" or args.cpu_peers)
+    oracle = Oracle(layer, ctx.directions, wl.k_eff, args.oracle_directions)
+    rows = []
+    for method in all_methods():
+        if method.name not in args.methods:
+            continue
+        cap = args.time_cap * (BASELINE_CAP_FACTOR if method.family == "baseline" else 1.0)
+        row = measure(lambda c, warmup, m=method: m(ctx, c, warmup), device=args.device,
+                      repeats=args.repeats, time_cap=cap, repeat_budget=args.time_cap,
+                      count_warmup=not method.warmup_differs, check=oracle.check)
+        rows.append({"method": method.name, "label": method.label, "family": method.family, **row})
+        _log_row(log, wl.name, rows[-1])
+    return {"name": wl.name, "title": wl.title, "shapes": wl.shapes(), "full_d": wl.full_d, "rows": rows}
+
+
+def _log_row(log, name: str, row: dict) -> None:
+    sec = row["seconds"]["median"] if row.get("seconds") else None
+    acc = row.get("accuracy") or {}
+    text = f"  {name:<12} {row['method']:<16} {row['status']:<15}"
+    if sec is not None:
+        text += f" {sec:9.4f} s  residual {acc.get('max_residual', float('nan')):.1e}"
+    if row.get("reason"):
+        text += f"  ({row['reason']})"
+    log(text)
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = (lambda *_: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    started = time.perf_counter()
+    now = dt.datetime.now().astimezone()
+    results = {
+        "suite": "bilinear_kernels end-to-end decomposition benchmarks",
+        "date": now.date().isoformat(),
+        "created": now.isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run " + shlex.join(argv),
+        "environment": report.environment(args.device),
+        "settings": {"device": args.device, "scale": args.scale, "repeats": args.repeats,
+                     "forward_repeats": max(args.repeats, FORWARD_MIN_REPEATS),
+                     "time_cap": args.time_cap, "baseline_cap_factor": BASELINE_CAP_FACTOR,
+                     "weights": args.weights, "seed": args.seed, "oracle_directions": args.oracle_directions,
+                     "only": list(args.only), "methods": list(args.methods), "cpu_peers": args.cpu_peers,
+                     "threads": torch.get_num_threads(),
+                     "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+                     "float32_matmul_precision": torch.get_float32_matmul_precision()},
+        "workloads": [], "forward": None, "sweep": [],
+    }
+    # the objects alive now (modules, weights) live to the end: leave them out of every gc pass
+    gc.freeze()
+    try:
+        _run_all(args, results, log)
+    finally:
+        gc.unfreeze()
+    results["seconds_total"] = round(time.perf_counter() - started, 1)
+
+    stem = args.stem or _default_stem(args, now)
+    paths = report.write(results, args.out, stem)
+    for line in results["targets"]:
+        log(f"{report.verdict(line)}: {line['target']}: {line['detail']}")
+    log(f"wrote {', '.join(str(p) for p in paths.values())} in {results['seconds_total']} s")
+    return {"results": results, "paths": paths}
+
+
+def _run_all(args, results: dict, log) -> None:
+    for wl in decomposition_workloads(args.scale):
+        if wl.name in args.only:
+            log(f"{wl.name}: {wl.title} ({report.shape_line(wl.shapes())})")
+            results["workloads"].append(run_decomposition(wl, args, log))
+    if FORWARD.name in args.only:
+        fwl = scale_forward(FORWARD, args.scale)
+        dtype, note = choose_dtype(args.device, args.w5_dtype)
+        log(f"{fwl.name}: {fwl.title} (tokens {fwl.tokens}, d {fwl.d}, h {fwl.h}, o {fwl.o}; {note})")
+        rows = run_forward(fwl, args.device, results["settings"]["forward_repeats"], args.time_cap, dtype,
+                           args.weights, args.seed, log)
+        results["forward"] = {"name": fwl.name, "title": fwl.title, "shapes": fwl.shapes(),
+                              "dtype": str(dtype).replace("torch.", ""), "dtype_note": note, "rows": rows}
+    if SWEEP in args.only:
+        for wl in sweep_workloads(args.scale):
+            log(f"{wl.name}: {report.shape_line(wl.shapes())}")
+            results["sweep"].append(run_decomposition(wl, args, log))
+
+
+def _default_stem(args, now) -> str:
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    stem = f"{report.device_slug(args.device)}-{now.date().isoformat()}"
+    if args.scale != DEFAULTS[kind]["scale"]:
+        stem += f"-scale{args.scale:g}"
+    if set(args.only) != set(NAMES + (SWEEP,)):
+        stem += "-" + "-".join(args.only)
+    return stem
+
+
+if __name__ == "__main__":
+    main()
