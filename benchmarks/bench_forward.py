@@ -25,9 +25,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +54,9 @@ if args.device == "cpu":
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from benchmarks.kernel_timing import peak_bytes, time_ms  # noqa: E402
+from benchmarks.measure import synchronize  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bilinear_kernels.ops.bilinear_forward import bilinear_fused  # noqa: E402
@@ -89,43 +90,6 @@ def implementations(compile_peers: bool):
 
 
 # -- measurement ----------------------------------------------------------------------------------
-
-def synchronize(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(fn, device, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def peak_bytes(fn, device):
-    """Peak memory allocated while fn runs, above what was allocated before (CUDA only)."""
-    if device != "cuda":
-        return None
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated() - base
-
 
 def activation_bytes(impl, inputs, device):
     """Memory autograd holds between forward and backward, beyond the output itself."""

@@ -26,9 +26,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +59,8 @@ if args.device == "cpu":
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from benchmarks.kernel_timing import peak_bytes, time_ms  # noqa: E402
 
 from bilinear_kernels.interaction import build_interaction_reference  # noqa: E402
 from bilinear_kernels.ops.interaction import build_interaction_triton  # noqa: E402
@@ -98,43 +98,6 @@ IMPLS = {
 
 
 # -- measurement ----------------------------------------------------------------------------------
-
-def synchronize(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(fn, device, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def peak_bytes(fn, device):
-    """Peak temporary memory while fn runs, above the inputs and the preallocated output."""
-    if device != "cuda":
-        return None
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated() - base
-
 
 def fp32_peak(device):
     if args.peak_tflops is not None:

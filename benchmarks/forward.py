@@ -12,7 +12,6 @@ the results say so, with the probe's numbers.
 """
 from __future__ import annotations
 
-import importlib
 import time
 
 import torch
@@ -56,48 +55,11 @@ def choose_dtype(device: str, requested: str = "auto") -> tuple[torch.dtype, str
     return torch.bfloat16, (f"bfloat16 (probe GEMM {bf16:.1f} GFLOP/s in bf16, {fp32:.1f} in float32)")
 
 
-def nn_bilinear(w, v, p):
-    """A bilinear_kernels.nn.Bilinear holding (w, v, p), or raise saying why it cannot be built."""
-    try:
-        module = importlib.import_module("bilinear_kernels.nn")
-    except ImportError as exc:
-        raise LookupError(f"bilinear_kernels.nn is not available ({exc})") from exc
-    cls = getattr(module, "Bilinear", None)
-    if cls is None:
-        raise LookupError("bilinear_kernels.nn has no Bilinear")
-    h, d = w.shape
-    o = p.shape[0]
-    for build in (lambda: cls.from_weights(w, v, p),
-                  lambda: cls(d, h, o, bias=False, device=w.device, dtype=w.dtype),
-                  lambda: cls(d, h, o, device=w.device, dtype=w.dtype)):
-        try:
-            layer = build()
-        except (AttributeError, TypeError):
-            continue
-        _load_weights(layer, w, v, p)
-        return layer
-    raise LookupError("could not construct bilinear_kernels.nn.Bilinear from (w, v, p)")
+def nn_bilinear(w, v, p) -> torch.nn.Module:
+    """The package's nn.Bilinear module holding (w, v, p)."""
+    from bilinear_kernels.nn import Bilinear
 
-
-def _load_weights(layer: torch.nn.Module, w, v, p) -> None:
-    """Copy (w, v, p) into the module's parameters, recognized by shape: two (h, d) matrices or one
-    packed (2h, d) for the input side, one (o, h) for the output side."""
-    h, d = w.shape
-    params = [t for _, t in layer.named_parameters()]
-    inputs = [t for t in params if tuple(t.shape) == (h, d)]
-    packed = [t for t in params if tuple(t.shape) == (2 * h, d)]
-    outputs = [t for t in params if tuple(t.shape) == (p.shape[0], h) and all(t is not x for x in inputs)]
-    with torch.no_grad():
-        if len(inputs) >= 2:
-            inputs[0].copy_(w)
-            inputs[1].copy_(v)
-        elif packed:
-            packed[0].copy_(torch.cat([w, v]))
-        else:
-            raise LookupError("bilinear_kernels.nn.Bilinear has no (h, d) or (2h, d) parameters to load")
-        if not outputs:
-            raise LookupError("bilinear_kernels.nn.Bilinear has no (o, h) parameter to load")
-        outputs[-1].copy_(p)
+    return Bilinear.from_layer(bk.BilinearLayer(w, v, p))
 
 
 def _methods(w, v, p):
@@ -108,7 +70,7 @@ def _methods(w, v, p):
         module = nn_bilinear(w, v, p)
         out["bk-nn-bilinear"] = ("bilinear_kernels.nn.Bilinear", lambda x, *_: module(x),
                                  list(module.parameters()))
-    except Exception as exc:  # noqa: BLE001 - absent or unbuildable: a row says why
+    except Exception as exc:  # noqa: BLE001 - unbuildable here (e.g. no Triton): a row says why
         out["bk-nn-bilinear"] = ("bilinear_kernels.nn.Bilinear", exc, None)
     return out
 
