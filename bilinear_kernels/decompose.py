@@ -2,8 +2,9 @@
 
 Method choice for method="auto" (d is the form's dimension, d + 1 with biases):
   "lowrank"  when 2h < d: exact, and the per-direction work no longer depends on d;
-  "lanczos"  when k is given, d ≥ 1024 and k ≤ d/32: the matrix-free Krylov basis stays far
-             below d columns, so its products cost much less than forming Q (2·h·d² per direction);
+  "lanczos"  when k is given, d ≥ 512 and k ≤ d/32: the matrix-free Krylov basis stays far
+             below d columns, so its products cost less than forming Q (2·h·d² per direction) and
+             a dense eigh (measured crossover on CPU: d ≈ 256–512 for k = 4, h = 4d);
   "eigh"     otherwise (full spectra, small d, large k).
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .solvers.selection import WHICH, fix_signs
 
 METHODS = ("auto", "eigh", "lanczos", "lowrank")
 DEFAULT_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
-LANCZOS_MIN_D = 1024
+LANCZOS_MIN_D = 512
 LANCZOS_MAX_K_FRACTION = 1 / 32
 # widest batch of Krylov columns (directions × block) advanced in one product
 LANCZOS_MAX_COLUMNS = 4096

@@ -299,17 +299,18 @@ def test_dtype_override_to_float32(method):
 
 
 # -- method="auto" -----------------------------------------------------------------------------------
-# The rule in decompose.py: "lowrank" when 2h < d; else "lanczos" when k is given, d ≥ 1024 and
+# The rule in decompose.py: "lowrank" when 2h < d; else "lanczos" when k is given, d ≥ 512 and
 # k ≤ d/32; else "eigh" (d is the form's dimension, d + 1 with biases).
 @pytest.mark.parametrize("d, h, k, expected", [
     (40, 8, None, "lowrank"),
     (40, 8, 3, "lowrank"),
     (16, 8, 3, "eigh"),          # 2h = d
     (24, 16, 1, "eigh"),         # small d
-    (1024, 512, 32, "lanczos"),  # k = d/32
-    (1024, 512, 33, "eigh"),     # k > d/32
-    (1024, 512, None, "eigh"),   # full spectrum
-    (1023, 512, 8, "eigh"),      # d < 1024
+    (512, 256, 16, "lanczos"),   # k = d/32
+    (512, 256, 17, "eigh"),      # k > d/32
+    (512, 256, None, "eigh"),    # full spectrum
+    (511, 256, 8, "eigh"),       # d < 512
+    (1024, 512, 32, "lanczos"),
     (4096, 2048, 128, "lanczos"),
     (4096, 2047, 4096, "lowrank"),
 ])
@@ -321,7 +322,7 @@ def test_auto_rule(d, h, k, expected):
     (40, 8, False, None, "lowrank"),
     (16, 8, False, 3, "eigh"),
     (16, 8, True, 3, "lowrank"),       # the bias makes the form d + 1 = 17 > 2h
-    (1023, 512, True, 32, "lanczos"),  # d + 1 = 1024 and k = (d + 1)/32
+    (511, 256, True, 16, "lanczos"),   # d + 1 = 512 and k = (d + 1)/32
 ])
 def test_auto_picks_by_the_form_dimension(d, h, bias, k, expected):
     weights = random_weights(d, h, None, bias=bias, seed=25)
