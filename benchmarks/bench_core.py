@@ -30,6 +30,7 @@ import scipy.sparse.linalg as sla
 import torch
 
 import bilinear_kernels as bk
+from .report import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -180,12 +181,7 @@ def run_case(name, d, h, o, n_dirs, k, which, tol, skip_slow_peers):
 
 
 def machine():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {"device": "cpu", "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "scipy": scipy.__version__, "bilinear_kernels": bk.__version__, "date": date.today().isoformat()}

@@ -40,6 +40,8 @@ from safetensors.torch import save_file
 import bilinear_kernels as bk
 from bilinear_kernels.sweep import resolve_options, run_sweep
 
+from .report import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 OVERHEAD_TARGET = 0.05
@@ -57,12 +59,7 @@ def random_layer(d, h, o, seed=0):
 
 
 def machine(device: str) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     info = {"device": device, "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "safetensors": safetensors.__version__, "bilinear_kernels": bk.__version__,

@@ -45,7 +45,8 @@ def _run(cmd: list[str], cwd=None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -60,7 +61,7 @@ def environment(device: str) -> dict:
     root = Path(__file__).resolve().parent.parent
     env = {
         "device": device,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
