@@ -115,6 +115,24 @@ def direction_ids(dirs: Directions) -> tuple[torch.Tensor, dict]:
     return ids, {"kind": "vectors", "count": len(ids), "sha256": digest.hexdigest()}
 
 
+def _on_rank_zero(coordinator, rank: int, action, share):
+    """Run `action` on rank 0 only; every rank then learns `share(result)` (a JSON-able dict), or
+    raises the same error rank 0 met, so no rank waits forever on a failed one. Rank 0 gets the
+    result itself."""
+    if rank == 0:
+        try:
+            result = action()
+        except Exception as exc:
+            coordinator.broadcast({"error": _describe_error(exc)})
+            raise
+        coordinator.broadcast(share(result))
+        return result
+    outcome = coordinator.broadcast(None)
+    if "error" in outcome:
+        raise _rebuild_error(outcome["error"])
+    return outcome
+
+
 def resolve_options(layer: BilinearLayer, k, which, method, tol, dtype, seed) -> dict:
     """Check the solver options as decompose would and resolve the defaults, so that equal
     requests written differently (k=None or k=d, method="auto" or what it picks) compare equal."""
@@ -183,20 +201,13 @@ def run_sweep(layer: BilinearLayer, directions, out_dir, *, k: int | None = None
     bar = None
     try:
         # -- rank 0 sets the store up; everyone learns the outcome --------------------------
-        outcome = None
-        if rank == 0:
-            try:
-                header = _header(layer, fingerprint, described, options, chunk, max_memory, out_dir, resume)
-                store = SweepStore.create_or_resume(out_dir, header, ids, resume)
-                outcome = {"manifest": store.manifest}
-            except Exception as exc:
-                coordinator.broadcast({"error": _describe_error(exc)})
-                raise
-        outcome = coordinator.broadcast(outcome)
-        if "error" in outcome:
-            raise _rebuild_error(outcome["error"])
+        def set_up():
+            header = _header(layer, fingerprint, described, options, chunk, max_memory, out_dir, resume)
+            return SweepStore.create_or_resume(out_dir, header, ids, resume)
+
+        store = _on_rank_zero(coordinator, rank, set_up, share=lambda created: {"manifest": created.manifest})
         if rank != 0:
-            store = SweepStore(out_dir, manifest=outcome["manifest"])
+            store = SweepStore(out_dir, manifest=store["manifest"])
         chunk_size = int(store.manifest["options"]["chunk"])
         budget = int(store.manifest["options"]["max_memory"])
         n = len(ids)
@@ -231,17 +242,7 @@ def run_sweep(layer: BilinearLayer, directions, out_dir, *, k: int | None = None
 
         # -- all done: rank 0 finalizes the manifest -----------------------------------------
         coordinator.barrier()
-        outcome = None
-        if rank == 0:
-            try:
-                store.finalize()
-                outcome = {}
-            except Exception as exc:
-                coordinator.broadcast({"error": _describe_error(exc)})
-                raise
-        outcome = coordinator.broadcast(outcome)
-        if "error" in outcome:
-            raise _rebuild_error(outcome["error"])
+        _on_rank_zero(coordinator, rank, store.finalize, share=lambda _: {})
         per_rank = coordinator.gather({"rank": rank, **counts})
     finally:
         if bar is not None:
