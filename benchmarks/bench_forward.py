@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -55,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.kernel_timing import peak_bytes, time_ms  # noqa: E402
+from benchmarks.kernel_timing import kernel_environment as environment, peak_bytes, time_ms  # noqa: E402
 from benchmarks.measure import synchronize  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -163,20 +162,6 @@ def run_case(n, d, h, dtype, mode, args):
         if row["activation_bytes"]:
             row["fused_activation_saving"] = 1 - fused_row["activation_bytes"] / row["activation_bytes"]
     return rows
-
-
-def environment(device):
-    import triton
-
-    env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "device": device, "float32_matmul_precision": torch.get_float32_matmul_precision(),
-           "triton_interpret": os.environ.get("TRITON_INTERPRET", "")}
-    if device == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                   capability=".".join(map(str, torch.cuda.get_device_capability())))
-    else:
-        env.update(cpu=platform.processor() or platform.machine(), note="smoke test: numbers answer nothing")
-    return env
 
 
 def markdown(env, rows):

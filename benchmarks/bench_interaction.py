@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -60,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.kernel_timing import peak_bytes, time_ms  # noqa: E402
+from benchmarks.kernel_timing import kernel_environment, peak_bytes, time_ms  # noqa: E402
 
 from bilinear_kernels.interaction import build_interaction_reference  # noqa: E402
 from bilinear_kernels.ops.interaction import build_interaction_triton  # noqa: E402
@@ -145,20 +144,9 @@ def run_case(d, h, b, device):
 
 
 def environment(device):
-    import triton
-
-    env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "device": device, "float32_matmul_precision": torch.get_float32_matmul_precision(),
-           "fp32_peak_tflops": fp32_peak(device),
-           "fp32_peak_source": "--peak-tflops" if args.peak_tflops is not None else "vendor datasheet table",
-           "max_memory_gib": args.max_memory,
-           "triton_interpret": os.environ.get("TRITON_INTERPRET", "")}
-    if device == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                   capability=".".join(map(str, torch.cuda.get_device_capability())))
-    else:
-        env.update(cpu=platform.processor() or platform.machine(), note="smoke test: numbers answer nothing")
-    return env
+    return {**kernel_environment(device), "fp32_peak_tflops": fp32_peak(device),
+            "fp32_peak_source": "--peak-tflops" if args.peak_tflops is not None else "vendor datasheet table",
+            "max_memory_gib": args.max_memory}
 
 
 def markdown(env, rows):

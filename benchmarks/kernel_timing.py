@@ -1,6 +1,9 @@
-"""Timing and memory of one GPU kernel call, shared by the kernel benchmarks."""
+"""Timing, memory and the environment record of one GPU kernel call, shared by the kernel
+benchmarks."""
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -40,3 +43,18 @@ def peak_bytes(fn, device):
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated() - base
+
+
+def kernel_environment(device) -> dict:
+    """Versions, device and precision settings a kernel benchmark's results depend on."""
+    import triton
+
+    env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+           "device": device, "float32_matmul_precision": torch.get_float32_matmul_precision(),
+           "triton_interpret": os.environ.get("TRITON_INTERPRET", "")}
+    if device == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                   capability=".".join(map(str, torch.cuda.get_device_capability())))
+    else:
+        env.update(cpu=platform.processor() or platform.machine(), note="smoke test: numbers answer nothing")
+    return env
