@@ -17,8 +17,7 @@ import torch
 
 from ._arrays import to_framework, working_dtype
 from .directions import parse_directions
-from .interaction import (InteractionOperator, _check_layer, interaction_bytes_per_direction,
-                          iter_interaction_chunks)
+from .interaction import InteractionOperator, _check_layer, iter_interaction_chunks
 from .layer import BilinearLayer
 from .memory import chunk_size, memory_budget
 from .progress import chunk_starts
@@ -138,10 +137,9 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
 
 
 def _run_eigh(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
-    h, d = layer.d_hidden, layer.d_form
-    per = interaction_bytes_per_direction(h, d, dtype.itemsize) + dense_bytes_per_direction(d, dtype.itemsize)
-    step = chunk_size(len(dirs), per, budget, "method='eigh'")
-    for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, step, progress):
+    solver_bytes = dense_bytes_per_direction(layer.d_form, dtype.itemsize)
+    for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget, solver_bytes, progress,
+                                                  "method='eigh'"):
         yield (start, stop, *dense_topk(q, k, which, knobs["eigh_backend"]))
 
 

@@ -1,6 +1,8 @@
 """Interaction matrices Q(u) = ½(Wᵀ diag(c) V + Vᵀ diag(c) W), c = Pᵀ u, without the o×d×d tensor.
 
-Two forms: `interaction_matrices` builds Q for a batch of directions as one scaled GEMM per chunk;
+Two forms: `interaction_matrices` builds Q for a batch of directions chunk by chunk, as one scaled
+GEMM per chunk or, for many float directions through a layer with o well below h, from the
+symmetric tensor S (o, d, d) built once (`InteractionChunks` picks the cheaper route);
 `InteractionOperator` applies Q to vectors matrix-free, all directions of a batch in lockstep so a
 product is two wide GEMMs against the stacked [W; V].
 """
@@ -35,14 +37,75 @@ def interaction_bytes_per_direction(h: int, d: int, itemsize: int) -> int:
     return (h * d + 2 * d * d) * itemsize
 
 
-def iter_interaction_chunks(layer: BilinearLayer, dirs, dtype: torch.dtype, step: int, progress=None):
-    """Yield (start, stop, Q) over chunks of `step` parsed directions."""
-    from .progress import chunk_starts
+# the output-space route is taken when it costs at most this share of the hidden route's work
+OUTPUT_SPACE_MAX_COST = 0.75
 
-    w, v = layer.homogeneous(dtype)
-    for start in chunk_starts(len(dirs), step, progress, "interaction"):
-        stop = min(start + step, len(dirs))
-        yield start, stop, build_interaction(w, v, dirs.chunk(start, stop).coefficients(layer, dtype))
+
+class InteractionChunks:
+    """Q for chunks of parsed directions, by the cheaper of two exact routes.
+
+    hidden route  Q(c) from c = Pᵀ u, one scaled GEMM per direction: h·d² multiply-adds each.
+    output route  the symmetric tensor S (o, d, d) built once (o·h·d²), then Q = Σ_a u_a S[a]
+                  as one GEMM over the chunk: o·d² per direction. It pays for many float
+                  directions through a layer whose o is well below h (W3-like feature sweeps),
+                  and is taken when it costs at most OUTPUT_SPACE_MAX_COST of the hidden route
+                  and S fits in half the memory budget. Index directions never take it: Q(e_a)
+                  is S[a] itself, so there is nothing to share.
+    """
+
+    def __init__(self, layer: BilinearLayer, dirs, dtype: torch.dtype, budget: int):
+        self.layer, self.dirs, self.dtype, self.budget = layer, dirs, dtype, budget
+        o, h, d, b = layer.d_out, layer.d_hidden, layer.d_form, len(dirs)
+        tensor_bytes = o * d * d * dtype.itemsize
+        self.output_space = (
+            dirs.vectors is not None and layer.p is not None and tensor_bytes <= budget // 2
+            and o * h + b * o <= OUTPUT_SPACE_MAX_COST * b * h
+        )
+        # S stays resident for the whole call; a chunk holds the product and its symmetric part
+        self.resident_bytes = tensor_bytes if self.output_space else 0
+        self.bytes_per_direction = (2 * d * d if self.output_space
+                                    else interaction_bytes_per_direction(h, d, dtype.itemsize))
+
+    def iterate(self, step: int, progress=None):
+        """Yield (start, stop, Q) over chunks of `step` directions."""
+        from .progress import chunk_starts
+
+        layer, dtype = self.layer, self.dtype
+        w, v = layer.homogeneous(dtype)
+        tensor = self._symmetric_tensor(w, v) if self.output_space else None
+        for start in chunk_starts(len(self.dirs), step, progress, "interaction"):
+            stop = min(start + step, len(self.dirs))
+            sub = self.dirs.chunk(start, stop)
+            if tensor is None:
+                yield start, stop, build_interaction(w, v, sub.coefficients(layer, dtype))
+                continue
+            u = sub.vectors.to(device=layer.device, dtype=dtype)
+            q = (u @ tensor).view(stop - start, layer.d_form, layer.d_form)
+            # S[a] is exactly symmetric, but a GEMM need not sum (i, j) and (j, i) alike
+            yield start, stop, torch.add(q, q.mT).mul_(0.5)
+
+    def _symmetric_tensor(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """S (o, d·d): row a is Q(e_a) = Q(P[a]), built in chunks of outputs under the budget."""
+        layer = self.layer
+        o, d = layer.d_out, layer.d_form
+        p = layer.p.to(self.dtype)
+        tensor = torch.empty(o, d * d, dtype=self.dtype, device=layer.device)
+        per = interaction_bytes_per_direction(layer.d_hidden, d, self.dtype.itemsize)
+        step = chunk_size(o, per, self.budget - self.resident_bytes, "forming the interaction tensor")
+        for start in range(0, o, step):
+            stop = min(start + step, o)
+            tensor[start:stop] = build_interaction(w, v, p[start:stop]).reshape(stop - start, d * d)
+        return tensor
+
+
+def iter_interaction_chunks(layer: BilinearLayer, dirs, dtype: torch.dtype, budget: int,
+                            reserved_per_direction: int = 0, progress=None, what: str = "forming an interaction matrix"):
+    """Yield (start, stop, Q) over chunks of parsed directions, each chunk's Q together with
+    `reserved_per_direction` bytes of the caller's own temporaries staying within `budget`."""
+    chunks = InteractionChunks(layer, dirs, dtype, budget)
+    step = chunk_size(len(dirs), chunks.bytes_per_direction + reserved_per_direction,
+                      budget - chunks.resident_bytes, what)
+    yield from chunks.iterate(step, progress)
 
 
 def interaction_matrices(layer: BilinearLayer, directions, *, dtype=None, max_memory=None):
@@ -55,10 +118,8 @@ def interaction_matrices(layer: BilinearLayer, directions, *, dtype=None, max_me
     dirs = parse_directions(directions, layer.d_out)
     dtype = working_dtype(layer.dtype, dtype)
     budget = memory_budget(layer.device, max_memory)
-    per = interaction_bytes_per_direction(layer.d_hidden, layer.d_form, dtype.itemsize)
-    step = chunk_size(len(dirs), per, budget, "forming an interaction matrix")
     out = torch.empty(len(dirs), layer.d_form, layer.d_form, dtype=dtype, device=layer.device)
-    for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, step):
+    for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget):
         out[start:stop] = q
     return to_framework(out, layer.framework)
 

@@ -427,3 +427,12 @@ def test_metadata_records_the_run():
     res = bk.decompose(make_layer(ITERATIVE), [0], k=2, method="lanczos")
     assert res.metadata["k"] == 2 and res.metadata["dtype"] == "float64"
     assert math.isclose(res.metadata["tol"], LANCZOS_DEFAULT_TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_eigh_through_the_output_space_route(dtype):
+    # o = 3 well below h = 24 and 40 float directions: Q is formed as Σ_a u_a S[a]
+    weights = random_weights(8, 24, 3, bias=True, seed=40)
+    u = np.random.default_rng(2).standard_normal((40, 3))
+    res = bk.decompose(make_layer(weights, dtype=dtype), torch.as_tensor(u, dtype=dtype), k=4, method="eigh")
+    check_result(res, oracle_q(as_float64(weights, dtype), u), "LM", dtype)

@@ -6,7 +6,9 @@ import torch
 
 import bilinear_kernels as bk
 import bilinear_kernels.interaction as interaction
+from bilinear_kernels.directions import parse_directions
 from bilinear_kernels.interaction import InteractionOperator
+from bilinear_kernels.memory import memory_budget
 from helpers import as_float64, homogeneous, make_layer, one_hot, oracle_q, oracle_tensor, random_weights
 
 # Entrywise, relative to max |Q|: float64 is exact to rounding; float32 sums h products.
@@ -153,3 +155,49 @@ def test_layer_type_is_checked():
         bk.interaction_matrices(object(), [0])
     with pytest.raises(TypeError, match="BilinearLayer"):
         bk.interaction_tensor("layer")
+
+
+# -- the output-space route: S built once, Q = Σ_a u_a S[a] ----------------------------------------
+def _wide_hidden_weights(seed):
+    """o well below h, so many float directions take the output-space route."""
+    return random_weights(8, 24, 3, bias=True, seed=seed)
+
+
+def _route(layer, directions, max_memory=None):
+    dirs = parse_directions(directions, layer.d_out)
+    budget = memory_budget(layer.device, max_memory)
+    return interaction.InteractionChunks(layer, dirs, layer.dtype, budget).output_space
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_output_space_route_matches_the_oracle(dtype):
+    weights = _wide_hidden_weights(seed=30)
+    layer = make_layer(weights, dtype=dtype)
+    u = np.random.default_rng(1).standard_normal((40, 3))
+    assert _route(layer, torch.as_tensor(u, dtype=dtype)), "40 directions through o=3, h=24 should take it"
+    q = bk.interaction_matrices(layer, torch.as_tensor(u, dtype=dtype))
+    assert torch.equal(q, q.mT), "Q must be exactly symmetric"
+    _close(q.numpy(), oracle_q(as_float64(weights, dtype), u), dtype)
+
+
+def test_output_space_route_only_where_it_pays():
+    layer = make_layer(_wide_hidden_weights(seed=31))
+    many = torch.randn(40, 3, dtype=torch.float64)
+    assert not _route(layer, list(range(3)) * 10), "index directions: Q(e_a) is S[a], nothing to share"
+    assert not _route(layer, many[:1]), "one direction: building S costs more than it saves"
+    # S (3 × 9 × 9 float64 = 1944 bytes) must fit in half the budget
+    assert not _route(layer, many, max_memory=3000)
+    assert _route(layer, many, max_memory=4000)
+    no_p = make_layer(random_weights(8, 24, None, seed=32))
+    assert not _route(no_p, torch.randn(40, 24, dtype=torch.float64)), "without P, o = h: nothing to save"
+
+
+def test_output_space_route_under_a_tight_budget_gives_the_same_matrices():
+    weights = _wide_hidden_weights(seed=33)
+    layer = make_layer(weights)
+    u = torch.randn(40, 3, dtype=torch.float64)
+    # room for S and a few chunks of directions, not for all 40 at once
+    budget = 3 * 81 * 8 * 2 + 4 * 2 * 81 * 8
+    assert _route(layer, u, max_memory=budget)
+    q = bk.interaction_matrices(layer, u, max_memory=budget)
+    _close(q.numpy(), oracle_q(weights, u.numpy()), torch.float64)
