@@ -436,3 +436,27 @@ def test_eigh_through_the_output_space_route(dtype):
     u = np.random.default_rng(2).standard_normal((40, 3))
     res = bk.decompose(make_layer(weights, dtype=dtype), torch.as_tensor(u, dtype=dtype), k=4, method="eigh")
     check_result(res, oracle_q(as_float64(weights, dtype), u), "LM", dtype)
+
+
+def test_lanczos_basis_reaching_the_whole_space_stays_orthonormal():
+    # Found by hypothesis: with d = 6 the last Krylov block is short against ‖Q‖, and normalizing
+    # it after two Gram–Schmidt passes tilted it by ~1e-12 off the basis, so the eigenvectors were
+    # not orthonormal and the reported (zero) residuals under-read the true ones.
+    weights = dict(
+        w=np.array([[-0.165513632, 0.491135494, -0.681867379, 0.107516365, 0.215494602],
+                    [-0.358802662, 0.161048351, 0.000245503471, -0.416889237, -0.0492359127],
+                    [-0.317799268, 0.536400141, 0.397278726, -0.443115091, 0.329899544],
+                    [0.667791791, -0.530184381, -0.128724874, -0.254345283, -0.485191111],
+                    [-0.323793023, 0.100384998, 0.0114402537, -0.520402988, 0.0333317046]]),
+        v=np.array([[-0.67781453, 0.59554126, 0.70916057, -0.29434703, 0.79538046],
+                    [0.71756407, 0.22048558, -0.15091853, 0.83362747, 0.51078728],
+                    [0.04464285, -0.20365615, 0.14892034, 0.75572637, -0.1352913],
+                    [-0.33015389, -0.23179973, 0.90522812, -0.2332852, 0.63919008],
+                    [0.78787836, 0.32630529, -0.2382958, -0.67854213, -0.32447087]]),
+        p=None,
+        w_bias=np.array([-0.10343164, -0.16907616, 1.39472525, 0.29597764, -1.04935518]),
+        v_bias=np.array([-1.31479936, -0.12743334, 1.26995507, 0.83595612, 0.78891372]),
+    )
+    res = bk.decompose(make_layer(weights), [0, 2, 0], method="lanczos")
+    check_result(res, oracle_q(weights, one_hot(5, [0, 2, 0])), "LM", torch.float64,
+                 residual_tol=LANCZOS_DEFAULT_TOL[torch.float64])

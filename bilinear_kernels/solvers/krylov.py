@@ -23,6 +23,11 @@ import torch
 from .selection import select
 
 
+# a new block row shorter than this share of ‖Q‖ is orthogonalized against the basis again: the
+# tilt left after normalizing stays under 100·eps (see _next_block)
+REORTHOGONALIZE_BELOW = 1e-2
+
+
 class KrylovRun(NamedTuple):
     values: torch.Tensor     # (b, k) wanted Ritz values, most important first
     vectors: torch.Tensor    # (b, d, k) their unit Ritz vectors, as columns
@@ -192,16 +197,18 @@ def _next_block(resid, basis, scale, gen, eps):
     """Orthonormal rows spanning `resid` (b, p, d), already orthogonal to `basis` (b, m, d).
 
     Nothing of `resid` may be dropped, or Q B = B T + X C would stop holding and the residual
-    estimates ‖C s‖ would read low. Rows that are small against ‖Q‖ (an invariant subspace was
-    found: rank-deficient or low-rank Q) are kept but re-orthogonalized, since QR of a tiny vector
-    keeps its relative error against the basis; rows with nothing left in them (below one ulp of
-    ‖Q‖, e.g. a zero Q) are replaced by random vectors, so the basis keeps growing."""
+    estimates ‖C s‖ would read low. After two Gram–Schmidt passes a row still leans on the basis
+    by about eps·‖Q‖ in absolute terms, so normalizing a row of norm r tilts it by eps·‖Q‖/r:
+    rows small against ‖Q‖ (below REORTHOGONALIZE_BELOW of it: an invariant subspace is near,
+    as for rank-deficient or low-rank Q, or B is about to span the whole space) are kept but
+    re-orthogonalized; rows with nothing left in them (below one ulp of ‖Q‖, e.g. a zero Q) are
+    replaced by random vectors, so the basis keeps growing."""
     q, r = torch.linalg.qr(resid.mT)
     q = q.mT
     diag = torch.diagonal(r, dim1=-2, dim2=-1).abs()
     level = scale[:, None]
     empty = diag <= eps * level
-    small = diag <= eps**0.5 * level
+    small = diag <= REORTHOGONALIZE_BELOW * level
     if not bool(small.any()):
         return q
     noise = torch.randn(q.shape, generator=gen, dtype=q.dtype, device=q.device)
