@@ -123,7 +123,8 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
                                         dict(block_size=block_size, max_basis=max_basis,
                                              max_products=max_products, seed=seed,
                                              eigh_backend=eigh_backend), extra):
-        vals[start:stop], vecs[start:stop], resid[start:stop] = v, fix_signs(u), r
+        vals[start:stop], resid[start:stop] = v, r
+        fix_signs(u, out=vecs[start:stop])
 
     fw = layer.framework
     metadata = {"k": k_eff, "tol": tol, "dtype": str(work).replace("torch.", ""),

@@ -53,5 +53,5 @@ def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto"):
     idx = select(values, k, which)
     vals, vecs = gather_pairs(values, vectors, idx)
     norm = values.abs().amax(dim=-1, keepdim=True)
-    resid = torch.linalg.vector_norm(q @ vecs - vecs * vals[:, None, :], dim=-2)
+    resid = torch.linalg.vector_norm(torch.baddbmm(vecs * vals[:, None, :], q, vecs, beta=-1), dim=-2)
     return vals, vecs, resid / torch.where(norm > 0, norm, torch.ones_like(norm))

@@ -41,9 +41,10 @@ def gather_pairs(values: torch.Tensor, vectors: torch.Tensor, idx: torch.Tensor)
     return vals, vecs
 
 
-def fix_signs(vectors: torch.Tensor) -> torch.Tensor:
-    """Flip each column (b, d, k) so that its largest-|entry| is positive (first such entry on ties)."""
+def fix_signs(vectors: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Flip each column (b, d, k) so that its largest-|entry| is positive (first such entry on ties);
+    written into `out` when given (saves a copy of every vector)."""
     peak = vectors.abs().argmax(dim=-2, keepdim=True)
     sign = torch.sign(torch.gather(vectors, -2, peak))
     sign[sign == 0] = 1
-    return vectors * sign
+    return torch.mul(vectors, sign, out=out)
