@@ -153,16 +153,8 @@ def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
     for start in chunk_starts(len(dirs), step, progress, "lowrank"):
         sub = dirs.chunk(start, min(start + step, len(dirs)))
         c = sub.coefficients(layer, dtype)
-        vals, vecs = reduction.topk(c, k, which)
-        yield start, start + len(sub), vals, vecs, _residuals(op, c, vals, vecs, reduction_norm(reduction, c))
-
-
-def reduction_norm(reduction: LowRankReduction, c: torch.Tensor) -> torch.Tensor:
-    """Exact ‖Q‖ = largest |eigenvalue| of the reduced matrix (the rest of the spectrum is zero)."""
-    from .interaction import build_interaction
-
-    reduced = build_interaction(reduction.w_reduced, reduction.v_reduced, c)
-    return torch.linalg.eigvalsh(reduced).abs().amax(-1)
+        vals, vecs, norm = reduction.topk(c, k, which)
+        yield start, start + len(sub), vals, vecs, _residuals(op, c, vals, vecs, norm)
 
 
 def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):

@@ -36,24 +36,27 @@ class LowRankReduction:
         return self._complement
 
     def topk(self, c: torch.Tensor, k: int, which: str):
-        """values (b, k) and unit eigenvectors (b, d, k) of Q(c) for coefficient rows c (b, h)."""
+        """values (b, k), unit eigenvectors (b, d, k) and the exact ‖Q‖ (b,) of Q(c) for coefficient
+        rows c (b, h): the largest |μ|, since the rest of the spectrum is zero."""
         from ..interaction import build_interaction
 
         reduced = build_interaction(self.w_reduced, self.v_reduced, c)  # (b, 2h, 2h)
         mu, s = eigh(reduced)
+        norm = mu.abs().amax(-1)
         b, n = mu.shape
         zeros = torch.zeros(b, self.d - n, dtype=mu.dtype, device=mu.device)
         idx = select(torch.cat([mu, zeros], dim=-1), k, which)
         if bool((idx < n).all()):
             vals, coeffs = gather_pairs(mu, s, idx)
-            return vals, self.u @ coeffs
+            return vals, self.u @ coeffs, norm
         # Some wanted eigenvalues are structural zeros: their vectors are columns of U⊥.
         vals = torch.gather(torch.cat([mu, zeros], dim=-1), -1, idx)
         in_range = idx < n
         _, from_k = gather_pairs(mu, s, idx.clamp(max=n - 1))
         from_complement = self.complement()[:, (idx - n).clamp(min=0)].permute(1, 0, 2)  # (b, d, k)
         vecs = torch.where(in_range[:, None, :], self.u @ from_k, from_complement)
-        return vals, vecs
+        return vals, vecs, norm
+
 
 def lowrank_bytes_per_direction(h: int, d: int, k: int, itemsize: int) -> int:
     n = 2 * h
