@@ -64,6 +64,9 @@ class SweepReport:
     directions_computed: int
     seconds: float
     per_rank: list = field(default_factory=list)
+    # this rank's time inside decompose; the rest of `seconds` is the store (set-up, checks,
+    # serializing, hashing, fsync), coordination and waiting for other ranks
+    compute_seconds: float = 0.0
 
     @property
     def directions_per_second(self) -> float:
@@ -217,6 +220,7 @@ def run_sweep(layer: BilinearLayer, directions, out_dir, *, k: int | None = None
         show = (sys.stderr.isatty() if progress is None else bool(progress)) and rank == 0
         bar = distributed.SweepProgress(store.finished_chunks, sizes, world_size, enabled=show).start()
         counts = {"computed": 0, "skipped": 0, "repaired": 0, "directions": 0}
+        compute_seconds = 0.0
         for index in distributed.chunks_for_rank(len(sizes), rank, world_size):
             record = store.record(index)
             if record is not None:
@@ -230,9 +234,13 @@ def run_sweep(layer: BilinearLayer, directions, out_dir, *, k: int | None = None
             start = index * chunk_size
             stop = start + sizes[index]
             sub = ids[start:stop] if dirs.indices is not None else dirs.vectors[start:stop]
+            computing = time.perf_counter()
             result = decompose(layer, sub, k=options["k"], which=options["which"], method=options["method"],
                                tol=options["tol"], dtype=options["dtype"], max_memory=budget,
                                progress=False, seed=options["seed"])
+            if layer.device.type == "cuda":
+                torch.cuda.synchronize(layer.device)  # charge the kernels to compute, not to the write
+            compute_seconds += time.perf_counter() - computing
             store.write_shard(index, start, stop, ids[start:stop], torch.as_tensor(result.eigenvalues),
                               torch.as_tensor(result.eigenvectors), torch.as_tensor(result.residuals),
                               result.method, rank=rank)
@@ -243,7 +251,7 @@ def run_sweep(layer: BilinearLayer, directions, out_dir, *, k: int | None = None
         # -- all done: rank 0 finalizes the manifest -----------------------------------------
         coordinator.barrier()
         _on_rank_zero(coordinator, rank, store.finalize, share=lambda _: {})
-        per_rank = coordinator.gather({"rank": rank, **counts})
+        per_rank = coordinator.gather({"rank": rank, **counts, "compute_seconds": compute_seconds})
     finally:
         if bar is not None:
             bar.close()
@@ -253,7 +261,7 @@ def run_sweep(layer: BilinearLayer, directions, out_dir, *, k: int | None = None
         chunks_computed=sum(r["computed"] for r in per_rank), chunks_skipped=sum(r["skipped"] for r in per_rank),
         chunks_repaired=sum(r["repaired"] for r in per_rank),
         directions_computed=sum(r["directions"] for r in per_rank),
-        seconds=time.perf_counter() - started, per_rank=per_rank,
+        seconds=time.perf_counter() - started, per_rank=per_rank, compute_seconds=compute_seconds,
     )
 
 

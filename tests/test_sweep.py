@@ -88,6 +88,7 @@ def test_each_shard_equals_decompose_of_its_chunk(weights, tmp_path, method):
     layer = layer_of(weights)
     report = run_sweep(layer, range(O), tmp_path / "s", k=K, method=method, chunk=CHUNK, progress=False)
     assert (report.n_chunks, report.chunks_computed, report.directions_computed) == (8, 8, O)
+    assert 0 < report.compute_seconds < report.seconds
     stored = bk.open_results(tmp_path / "s")
     assert stored.complete and len(stored) == O and stored.n_directions == O
     for n, part in enumerate(stored.chunks()):
@@ -268,6 +269,7 @@ def test_resume_adopts_the_stored_chunk_and_no_resume_starts_anew(weights, tmp_p
     run_sweep(layer, range(O), tmp_path / "s", k=K, chunk=CHUNK, progress=False)
     again = run_sweep(layer, range(O), tmp_path / "s", k=K, progress=False)  # chunk=None: the store's
     assert (again.chunks_computed, again.chunks_skipped) == (0, 8)
+    assert again.compute_seconds == 0.0, "nothing was decomposed on resume"
     anew = run_sweep(layer, range(O), tmp_path / "s", k=K + 1, chunk=5, resume=False, progress=False)
     assert (anew.n_chunks, anew.chunks_computed) == (6, 6)
     stored = bk.open_results(tmp_path / "s")
@@ -371,5 +373,8 @@ def test_benchmark_runs_at_tiny_shapes(tmp_path):
     assert data["machine"]["torch"] and data["shape"] == bench_sweep.QUICK
     assert set(data["overhead"]["median_seconds"]) == {"decompose", "decompose-chunked", "sweep"}
     assert all(t > 0 for t in data["overhead"]["median_seconds"].values())
+    (run,) = data["overhead"]["in_run"]
+    assert 0 < run["compute_seconds"] < run["seconds"]
+    assert data["overhead"]["store_share"] == pytest.approx(run["seconds"] / run["compute_seconds"] - 1)
     assert [row["nproc"] for row in data["processes"]] == [1] and result["processes"][0]["directions_per_second"] > 0
     assert "sweep vs in-memory decompose" in js.with_suffix(".md").read_text()
