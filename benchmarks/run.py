@@ -25,7 +25,7 @@ from .workloads import (FORWARD, NAMES, WEIGHTS, Workload, decomposition_workloa
                         make_layer, scale_forward, sweep_workloads)
 
 DEFAULTS = {  # per device: scale, repeats, time cap (s)
-    "cpu": {"scale": 0.125, "repeats": 3, "time_cap": 30.0},
+    "cpu": {"scale": 0.125, "repeats": 7, "time_cap": 30.0},
     "cuda": {"scale": 1.0, "repeats": 5, "time_cap": 120.0},
 }
 # the baseline may run longer before it is stopped: without it no speedup can be computed
@@ -45,7 +45,7 @@ def parse_args(argv):
                     help=f"comma-separated subset of {', '.join(NAMES + (SWEEP,))} (default: all)")
     ap.add_argument("--methods", default=None,
                     help=f"comma-separated subset of {', '.join(method_names())} for W1-W4 and the sweep (default: all)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 3 cpu, 5 cuda)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 7 cpu, 5 cuda)")
     ap.add_argument("--time-cap", type=float, default=None,
                     help="seconds after which a run is stopped, and the total its timed repeats may take "
                          f"(default: 30 cpu, 120 cuda; {BASELINE_CAP_FACTOR:g}x before the baseline is stopped)")
