@@ -140,7 +140,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
 def _run_eigh(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
     solver_bytes = dense_bytes_per_direction(layer.d_form, dtype.itemsize)
     for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget, solver_bytes, progress,
-                                                  "method='eigh'"):
+                                                  "method='eigh'", exact_symmetry=False):
         yield (start, stop, *dense_topk(q, k, which, knobs["eigh_backend"]))
 
 

@@ -66,8 +66,10 @@ class InteractionChunks:
         self.bytes_per_direction = (2 * d * d if self.output_space
                                     else interaction_bytes_per_direction(h, d, dtype.itemsize))
 
-    def iterate(self, step: int, progress=None):
-        """Yield (start, stop, Q) over chunks of `step` directions."""
+    def iterate(self, step: int, progress=None, exact_symmetry: bool = True):
+        """Yield (start, stop, Q) over chunks of `step` directions. With exact_symmetry=False the
+        output route skips its symmetrizing pass and Q is symmetric to rounding only: enough for
+        a solver that reads one triangle (every eigh backend here reads the lower one)."""
         from .progress import chunk_starts
 
         layer, dtype = self.layer, self.dtype
@@ -82,7 +84,7 @@ class InteractionChunks:
             u = sub.vectors.to(device=layer.device, dtype=dtype)
             q = (u @ tensor).view(stop - start, layer.d_form, layer.d_form)
             # S[a] is exactly symmetric, but a GEMM need not sum (i, j) and (j, i) alike
-            yield start, stop, torch.add(q, q.mT).mul_(0.5)
+            yield start, stop, torch.add(q, q.mT).mul_(0.5) if exact_symmetry else q
 
     def _symmetric_tensor(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """S (o, d·d): row a is Q(e_a) = Q(P[a]), built in chunks of outputs under the budget."""
@@ -99,13 +101,15 @@ class InteractionChunks:
 
 
 def iter_interaction_chunks(layer: BilinearLayer, dirs, dtype: torch.dtype, budget: int,
-                            reserved_per_direction: int = 0, progress=None, what: str = "forming an interaction matrix"):
+                            reserved_per_direction: int = 0, progress=None,
+                            what: str = "forming an interaction matrix", exact_symmetry: bool = True):
     """Yield (start, stop, Q) over chunks of parsed directions, each chunk's Q together with
-    `reserved_per_direction` bytes of the caller's own temporaries staying within `budget`."""
+    `reserved_per_direction` bytes of the caller's own temporaries staying within `budget`
+    (exact_symmetry: see InteractionChunks.iterate)."""
     chunks = InteractionChunks(layer, dirs, dtype, budget)
     step = chunk_size(len(dirs), chunks.bytes_per_direction + reserved_per_direction,
                       budget - chunks.resident_bytes, what)
-    yield from chunks.iterate(step, progress)
+    yield from chunks.iterate(step, progress, exact_symmetry)
 
 
 def interaction_matrices(layer: BilinearLayer, directions, *, dtype=None, max_memory=None):

@@ -47,8 +47,9 @@ def dense_bytes_per_direction(d: int, itemsize: int) -> int:
 
 
 def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto"):
-    """Top-k eigenpairs of formed matrices q (b, d, d): values (b, k), vectors (b, d, k) and
-    relative residuals ‖Q v − λ v‖ / ‖Q‖ (b, k), with ‖Q‖ the exact spectral norm."""
+    """Top-k eigenpairs of formed matrices q (b, d, d), symmetric at least to rounding (the
+    eigensolver reads the lower triangle): values (b, k), vectors (b, d, k) and relative residuals
+    ‖Q v − λ v‖ / ‖Q‖ (b, k), with ‖Q‖ the exact spectral norm."""
     values, vectors = eigh(q, backend)
     idx = select(values, k, which)
     vals, vecs = gather_pairs(values, vectors, idx)
