@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import cusolver
-from .selection import gather_pairs, select
+from .selection import select
 
 EIGH_BACKENDS = ("auto", "torch", "cusolver")
 
@@ -52,7 +52,11 @@ def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto"):
     ‖Q v − λ v‖ / ‖Q‖ (b, k), with ‖Q‖ the exact spectral norm."""
     values, vectors = eigh(q, backend)
     idx = select(values, k, which)
-    vals, vecs = gather_pairs(values, vectors, idx)
+    vals = torch.gather(values, -1, idx)
+    # Work on eigenvectors as rows: the solvers return column-major matrices, so the rows are
+    # contiguous and picking, multiplying and norms all run along contiguous memory.
+    rows = vectors.mT[torch.arange(len(idx), device=idx.device)[:, None], idx]  # (b, k, d)
+    # vᵀ Q = (Q v)ᵀ for symmetric Q
+    resid = torch.linalg.vector_norm(torch.baddbmm(rows * vals[:, :, None], rows, q, beta=-1), dim=-1)
     norm = values.abs().amax(dim=-1, keepdim=True)
-    resid = torch.linalg.vector_norm(torch.baddbmm(vecs * vals[:, None, :], q, vecs, beta=-1), dim=-2)
-    return vals, vecs, resid / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return vals, rows.mT, resid / torch.where(norm > 0, norm, torch.ones_like(norm))
