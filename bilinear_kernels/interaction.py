@@ -63,7 +63,7 @@ class InteractionChunks:
         )
         # S stays resident for the whole call; a chunk holds the product and its symmetric part
         self.resident_bytes = tensor_bytes if self.output_space else 0
-        self.bytes_per_direction = (2 * d * d if self.output_space
+        self.bytes_per_direction = (2 * d * d * dtype.itemsize if self.output_space
                                     else interaction_bytes_per_direction(h, d, dtype.itemsize))
 
     def iterate(self, step: int, progress=None, exact_symmetry: bool = True):

@@ -199,5 +199,7 @@ def test_output_space_route_under_a_tight_budget_gives_the_same_matrices():
     # room for S and a few chunks of directions, not for all 40 at once
     budget = 3 * 81 * 8 * 2 + 4 * 2 * 81 * 8
     assert _route(layer, u, max_memory=budget)
+    chunks = list(interaction.iter_interaction_chunks(layer, parse_directions(u, 3), torch.float64, budget))
+    assert len(chunks) > 1 and [c[1] for c in chunks][-1] == 40, "expected several chunks of directions"
     q = bk.interaction_matrices(layer, u, max_memory=budget)
     _close(q.numpy(), oracle_q(weights, u.numpy()), torch.float64)
