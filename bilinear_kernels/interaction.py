@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._arrays import to_framework, working_dtype
-from .directions import parse_directions
+from .directions import Directions, parse_directions
 from .layer import BilinearLayer
 from .memory import chunk_size, format_bytes, memory_budget
 
@@ -72,32 +72,32 @@ class InteractionChunks:
         a solver that reads one triangle (every eigh backend here reads the lower one)."""
         from .progress import chunk_starts
 
-        layer, dtype = self.layer, self.dtype
-        w, v = layer.homogeneous(dtype)
-        tensor = self._symmetric_tensor(w, v) if self.output_space else None
+        layer, dtype, d = self.layer, self.dtype, self.layer.d_form
+        if self.output_space:
+            tensor = self._symmetric_tensor()
+        else:
+            w, v = layer.homogeneous(dtype)
         for start in chunk_starts(len(self.dirs), step, progress, "interaction"):
             stop = min(start + step, len(self.dirs))
             sub = self.dirs.chunk(start, stop)
-            if tensor is None:
+            if not self.output_space:
                 yield start, stop, build_interaction(w, v, sub.coefficients(layer, dtype))
                 continue
-            u = sub.vectors.to(device=layer.device, dtype=dtype)
-            q = (u @ tensor).view(stop - start, layer.d_form, layer.d_form)
+            q = (sub.vectors.to(device=layer.device, dtype=dtype) @ tensor).view(stop - start, d, d)
             # S[a] is exactly symmetric, but a GEMM need not sum (i, j) and (j, i) alike
             yield start, stop, torch.add(q, q.mT).mul_(0.5) if exact_symmetry else q
 
-    def _symmetric_tensor(self, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """S (o, d·d): row a is Q(e_a) = Q(P[a]), built in chunks of outputs under the budget."""
+    def _symmetric_tensor(self) -> torch.Tensor:
+        """S (o, d·d): row a is Q(e_a), formed like any index directions (chunked, hidden route)."""
         layer = self.layer
         o, d = layer.d_out, layer.d_form
-        p = layer.p.to(self.dtype)
-        tensor = torch.empty(o, d * d, dtype=self.dtype, device=layer.device)
-        per = interaction_bytes_per_direction(layer.d_hidden, d, self.dtype.itemsize)
-        step = chunk_size(o, per, self.budget - self.resident_bytes, "forming the interaction tensor")
-        for start in range(0, o, step):
-            stop = min(start + step, o)
-            tensor[start:stop] = build_interaction(w, v, p[start:stop]).reshape(stop - start, d * d)
-        return tensor
+        tensor = torch.empty(o, d, d, dtype=self.dtype, device=layer.device)
+        every_output = Directions(torch.arange(o), None)
+        for start, stop, q in iter_interaction_chunks(layer, every_output, self.dtype,
+                                                      self.budget - self.resident_bytes,
+                                                      what="forming the interaction tensor"):
+            tensor[start:stop] = q
+        return tensor.view(o, d * d)
 
 
 def iter_interaction_chunks(layer: BilinearLayer, dirs, dtype: torch.dtype, budget: int,
