@@ -1,0 +1,28 @@
+"""The floor benchmark runs end to end at tiny shapes, and its floors do the work they claim."""
+import json
+
+import torch
+
+from benchmarks import bench_floor
+
+
+def test_krylov_products_multiplies_whole_blocks():
+    q = torch.eye(6).expand(3, 6, 6)
+    assert bench_floor.krylov_products(q, 9.5, 4) == 12
+    assert bench_floor.krylov_products(q, 8, 4) == 8
+
+
+def test_bench_floor_quick_writes_results(tmp_path):
+    bench_floor.main(["--quick", "--out", str(tmp_path)])
+    (js,) = tmp_path.glob("floor-cpu-*-quick.json")
+    data = json.loads(js.read_text())
+    assert data["machine"]["torch"] and data["workload"]["name"] == "W3"
+    assert set(data["rows"]) == {"research", "ours (auto)", "form Q", "dense floor", "krylov floor"}
+    for row in data["rows"].values():
+        assert len(row["samples"]) == 2 and row["median"] > 0
+    # the dense floor computes the research code's eigenvalues, not something cheaper
+    assert data["floor_eigenvalue_error"] < 1e-4
+    krylov = data["krylov"]
+    assert krylov["method_ran"] == "lanczos" and 0 < krylov["products_per_direction"] <= 2 * krylov["d"]
+    md = js.with_suffix(".md").read_text()
+    assert "| dense floor |" in md and "the target is 10×" in md
