@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -74,6 +76,7 @@ def krylov_products(q: torch.Tensor, columns: float, block: int) -> int:
 
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     base = next(w for w in DECOMPOSITION if w.name == args.workload)
     wl = scale_workload(base, args.scale)
@@ -113,7 +116,7 @@ def main(argv=None) -> dict:
              for name, s in samples.items()}
     results = {
         "question": "least time an exact dense or Krylov route needs against the research code",
-        "command": "python -m benchmarks.bench_floor" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m benchmarks.bench_floor", shlex.join(argv)]).strip(),
         "date": date.today().isoformat(), "machine": report.environment("cpu"),
         "workload": {**wl.shapes(), "name": wl.name, "scale": args.scale, "weights": "gaussian"},
         "repeats": args.repeats,
@@ -124,7 +127,12 @@ def main(argv=None) -> dict:
         "rows": table,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"floor-cpu-{results['date']}" + ("-quick" if args.quick else "")
+    # the default run keeps the plain name; any other workload or scale gets its own files
+    stem = f"floor-cpu-{results['date']}"
+    if args.quick:
+        stem += "-quick"
+    elif (args.workload, args.scale) != ("W3", DEFAULT_SCALE):
+        stem += f"-{args.workload}-scale{args.scale:g}"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(results))
     print(markdown(results))

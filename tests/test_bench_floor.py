@@ -26,3 +26,11 @@ def test_bench_floor_quick_writes_results(tmp_path):
     assert krylov["method_ran"] == "lanczos" and 0 < krylov["products_per_direction"] <= 2 * krylov["d"]
     md = js.with_suffix(".md").read_text()
     assert "| dense floor |" in md and "the target is 10×" in md
+
+
+def test_bench_floor_records_its_own_command_and_names_other_shapes(tmp_path):
+    bench_floor.main(["--scale", "0.03", "--repeats", "1", "--out", str(tmp_path)])
+    (js,) = tmp_path.glob("floor-cpu-*-W3-scale0.03.json")
+    data = json.loads(js.read_text())
+    assert data["command"] == "python -m benchmarks.bench_floor --scale 0.03 --repeats 1 --out " + str(tmp_path)
+    assert data["workload"]["scale"] == 0.03
