@@ -14,28 +14,56 @@ def _is_cupy(x) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
 
-def framework_of(x) -> str:
+def framework_of(x, name: str = "the input") -> str:
     if isinstance(x, torch.Tensor):
         return TORCH
     if isinstance(x, np.ndarray):
         return NUMPY
     if _is_cupy(x):
         return CUPY
-    raise TypeError(f"expected a torch tensor, NumPy array or CuPy array, got {type(x).__name__}")
+    raise TypeError(_unsupported_type(x, name))
+
+
+def _unsupported_type(x, name: str) -> str:
+    hint = " (convert it with np.asarray or torch.tensor)" if isinstance(x, (list, tuple)) else ""
+    return f"{name} must be a torch tensor, NumPy array or CuPy array, got {type(x).__name__}{hint}"
+
+
+def numpy_to_torch(a: np.ndarray, name: str, kinds: str = "f") -> torch.Tensor:
+    """A torch view of a NumPy array whose dtype kind is one of `kinds` ("f" float, "i"/"u"
+    integer). Non-native byte order is converted (exactly); dtypes torch cannot hold are refused
+    by name: long double, complex, object, strings."""
+    dt = a.dtype
+    if dt.kind not in kinds:
+        wanted = "a floating-point" if kinds == "f" else "an integer or floating-point"
+        raise TypeError(f"{name} must have {wanted} dtype, got NumPy dtype {dt}")
+    if dt.kind == "f" and dt.itemsize > 8:
+        raise TypeError(f"{name} has NumPy dtype {dt} (long double), which torch cannot hold; convert it "
+                        "with .astype(np.float64) if float64 precision is enough")
+    if not dt.isnative:
+        a = a.astype(dt.newbyteorder("="))
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def check_tensor_storage(t: torch.Tensor, name: str) -> None:
+    """Refuse tensors that hold no dense data: meta (shape only) and sparse layouts."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (a shape with no data); give a tensor that holds values")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} has layout {t.layout}; give a dense tensor ({name}.to_dense())")
 
 
 def as_tensor(x, name: str) -> torch.Tensor:
     """A torch view of `x` (no copy where the framework allows it), checked to be a float array."""
     if isinstance(x, torch.Tensor):
         t = x
+        check_tensor_storage(t, name)
     elif isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        t = numpy_to_torch(x, name)
     elif _is_cupy(x):
         t = torch.from_dlpack(x)
     else:
-        raise TypeError(
-            f"{name} must be a torch tensor, NumPy array or CuPy array, got {type(x).__name__}"
-        )
+        raise TypeError(_unsupported_type(x, name))
     if not t.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
     return t

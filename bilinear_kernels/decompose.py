@@ -9,6 +9,7 @@ Method choice for method="auto" (d is the form's dimension, d + 1 with biases):
 """
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from typing import NamedTuple
@@ -17,12 +18,13 @@ import torch
 
 from ._arrays import to_framework, working_dtype
 from .directions import parse_directions
-from .interaction import InteractionOperator, _check_layer, iter_interaction_chunks
+from .interaction import InteractionOperator, _check_layer, iter_scaled_interaction_chunks
 from .layer import BilinearLayer
-from .memory import chunk_size, memory_budget
+from .memory import budget_after_result, chunk_size, memory_budget
 from .progress import chunk_starts
 from .result import DecompositionResult
-from .solvers.dense import EIGH_BACKENDS, dense_bytes_per_direction, dense_topk
+from .scaling import ScaledLayer, rescale
+from .solvers.dense import check_backend, dense_bytes_per_direction, dense_topk
 from .solvers.krylov import default_block_size, default_max_basis, krylov_topk
 from .solvers.lowrank import LowRankReduction, lowrank_bytes_per_direction
 from .solvers.selection import WHICH, fix_signs
@@ -69,8 +71,17 @@ def resolve_options(layer: BilinearLayer, k, which: str, method: str, tol, dtype
         k = int(k)
         if not 1 <= k <= d:
             raise ValueError(f"k must be in [1, d] = [1, {d}] for this layer, got {k}")
-    if tol is not None and not (tol > 0):
-        raise ValueError(f"tol must be positive, got {tol!r}")
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+            raise TypeError(f"tol must be a float or None, got {type(tol).__name__} {tol!r}")
+        if not (math.isfinite(tol) and tol > 0):
+            raise ValueError(f"tol must be positive and finite, got {tol!r}")
+        eps = torch.finfo(work).eps
+        if tol < eps:
+            # residuals are computed in the working precision: they cannot get below its rounding
+            raise ValueError(f"tol={tol:g} is below the {str(work).replace('torch.', '')} machine epsilon "
+                             f"{eps:.3g}, which no residual in this precision can reach; use tol >= {eps:.3g} "
+                             "or dtype=torch.float64")
     if method == "auto":
         method = choose_method(d, h, k)
     if method == "lowrank" and 2 * h >= d:
@@ -106,12 +117,16 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     """
     _check_layer(layer)
     dirs = parse_directions(directions, layer.d_out)
-    if eigh_backend not in EIGH_BACKENDS:
-        raise ValueError(f"eigh_backend must be one of {EIGH_BACKENDS}, got {eigh_backend!r}")
+    check_backend(eigh_backend, layer.device)
+    check_krylov_knobs(block_size, max_basis, max_products, seed)
     opts = resolve_options(layer, k, which, method, tol, dtype)
     work, k_eff, method, tol = opts.dtype, opts.k, opts.method, opts.tol
     d = layer.d_form
-    budget = memory_budget(layer.device, max_memory)
+    # the result is allocated whole below: count it first, refuse up front when it cannot fit
+    budget = budget_after_result(
+        memory_budget(layer.device, max_memory), len(dirs) * (d + 2) * k_eff * work.itemsize, 0,
+        f"decompose of {len(dirs)} direction(s) with k={k_eff} at d={d} in {str(work).replace('torch.', '')}",
+        hint="ask for fewer directions per call or a smaller k")
 
     vals = torch.empty(len(dirs), k_eff, dtype=work, device=layer.device)
     vecs = torch.empty(len(dirs), d, k_eff, dtype=work, device=layer.device)
@@ -137,30 +152,51 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     )
 
 
+def check_krylov_knobs(block_size, max_basis, max_products, seed) -> None:
+    """Refuse Krylov knobs that are not positive ints (None takes the default), or a seed that is
+    not an int torch's generators take."""
+    for name, value in (("block_size", block_size), ("max_basis", max_basis), ("max_products", max_products)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [-2**63, 2**64), got {seed!r}")
+
+
+# Every solver works on the layer's operands divided by powers of two (scaling.py) and scales
+# the eigenvalues back at the end: results do not depend on the weights' scale, and what the
+# working dtype cannot hold is refused. Eigenvectors and relative residuals need no scaling.
 def _run_eigh(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
     solver_bytes = dense_bytes_per_direction(layer.d_form, dtype.itemsize)
-    for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget, solver_bytes, progress,
-                                                  "method='eigh'", exact_symmetry=False):
-        yield (start, stop, *dense_topk(q, k, which, knobs["eigh_backend"]))
+    for start, stop, q, e in iter_scaled_interaction_chunks(layer, dirs, dtype, budget, solver_bytes, progress,
+                                                            "method='eigh'", exact_symmetry=False):
+        vals, vecs, resid, norm = dense_topk(q, k, which, knobs["eigh_backend"])
+        yield start, stop, rescale(vals, e, norm, "the eigenvalues", start), vecs, resid
 
 
 def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
-    w, v = layer.homogeneous(dtype)
-    reduction = LowRankReduction(w, v)
-    op = InteractionOperator(w, v)
+    scaled = ScaledLayer(layer, dtype)
+    reduction = LowRankReduction(scaled.w, scaled.v)
+    op = InteractionOperator(scaled.w, scaled.v)
     per = lowrank_bytes_per_direction(layer.d_hidden, layer.d_form, k, dtype.itemsize)
     step = chunk_size(len(dirs), per, budget, "method='lowrank'")
     for start in chunk_starts(len(dirs), step, progress, "lowrank"):
         sub = dirs.chunk(start, min(start + step, len(dirs)))
-        c = sub.coefficients(layer, dtype)
+        c, e = scaled.coefficients(sub)
         vals, vecs, norm = reduction.topk(c, k, which)
-        yield start, start + len(sub), vals, vecs, _residuals(op, c, vals, vecs, norm)
+        resid = _residuals(op, c, vals, vecs, norm)
+        yield start, start + len(sub), rescale(vals, e + scaled.exponent, norm, "the eigenvalues", start), vecs, resid
 
 
 def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
-    w, v = layer.homogeneous(dtype)
-    h, d = w.shape
-    op = InteractionOperator(w, v)
+    scaled = ScaledLayer(layer, dtype)
+    h, d = scaled.w.shape
+    op = InteractionOperator(scaled.w, scaled.v)
     p = min(knobs["block_size"] or default_block_size(k, d, layer.device), d)
     m = min(knobs["max_basis"] or default_max_basis(k, p, d), d)
     # basis and T, the two product temporaries of width p, and the final vectors
@@ -169,12 +205,13 @@ def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
     spent = []
     for start in chunk_starts(len(dirs), step, progress, "lanczos"):
         sub = dirs.chunk(start, min(start + step, len(dirs)))
-        c = sub.coefficients(layer, dtype)
+        c, e = scaled.coefficients(sub)
         run = krylov_topk(op.apply_rows, c, d, k, which, tol, block_size=p, max_basis=m,
                           max_products=knobs["max_products"], seed=knobs["seed"])
         spent.append(run.products)
         # the Krylov recurrence gives ‖Q y − θ y‖ without another product (tests hold it to the truth)
-        yield start, start + len(sub), run.values, run.vectors, run.residuals
+        values = rescale(run.values, e + scaled.exponent, run.norms, "the eigenvalues", start)
+        yield start, start + len(sub), values, run.vectors, run.residuals
     products = torch.cat(spent).float()
     extra.update(block_size=p, max_basis=m, products_mean=round(float(products.mean()), 1),
                  products_max=int(products.max()))

@@ -13,7 +13,8 @@ import torch
 from ._arrays import to_framework, working_dtype
 from .directions import Directions, parse_directions
 from .layer import BilinearLayer
-from .memory import chunk_size, format_bytes, memory_budget
+from .memory import budget_after_result, chunk_size, format_bytes, memory_budget
+from .scaling import ScaledLayer, rescale
 
 
 def build_interaction_reference(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -69,35 +70,44 @@ class InteractionChunks:
     def iterate(self, step: int, progress=None, exact_symmetry: bool = True):
         """Yield (start, stop, Q) over chunks of `step` directions. With exact_symmetry=False the
         output route skips its symmetrizing pass and Q is symmetric to rounding only: enough for
-        a solver that reads one triangle (every eigh backend here reads the lower one)."""
+        a solver that reads one triangle (every eigh backend here reads the lower one). Refuses
+        (ValueError) a Q whose entries the working dtype cannot hold (scaling.rescale)."""
+        for start, stop, q, e in self.iterate_scaled(step, progress, exact_symmetry):
+            yield start, stop, rescale(q, e, None, "the entries of Q", start)
+
+    def iterate_scaled(self, step: int, progress=None, exact_symmetry: bool = True):
+        """Yield (start, stop, Q / 2^e, e), e (b,) int64: Q built from operands normalized by
+        powers of two (scaling.py), for solvers that rescale only what they return."""
         from .progress import chunk_starts
 
         layer, dtype, d = self.layer, self.dtype, self.layer.d_form
+        scaled = ScaledLayer(layer, dtype)
         if self.output_space:
-            tensor = self._symmetric_tensor()
-        else:
-            w, v = layer.homogeneous(dtype)
+            tensor, e_tensor = self._symmetric_tensor(scaled)
         for start in chunk_starts(len(self.dirs), step, progress, "interaction"):
             stop = min(start + step, len(self.dirs))
             sub = self.dirs.chunk(start, stop)
             if not self.output_space:
-                yield start, stop, build_interaction(w, v, sub.coefficients(layer, dtype))
+                c, e = scaled.coefficients(sub)
+                yield start, stop, build_interaction(scaled.w, scaled.v, c), e + scaled.exponent
                 continue
-            q = (sub.vectors.to(device=layer.device, dtype=dtype) @ tensor).view(stop - start, d, d)
+            u, e_u = scaled.vectors(sub)
+            q = (u @ tensor).view(stop - start, d, d)
             # S[a] is exactly symmetric, but a GEMM need not sum (i, j) and (j, i) alike
-            yield start, stop, torch.add(q, q.mT).mul_(0.5) if exact_symmetry else q
+            yield start, stop, torch.add(q, q.mT).mul_(0.5) if exact_symmetry else q, e_u + e_tensor
 
-    def _symmetric_tensor(self) -> torch.Tensor:
-        """S (o, d·d): row a is Q(e_a), formed like any index directions (chunked, hidden route)."""
+    def _symmetric_tensor(self, scaled: ScaledLayer) -> tuple[torch.Tensor, int]:
+        """(S / 2^e, e) with S (o, d·d): row a is Q(e_a), formed from the rows of P / 2^e_p in
+        chunks by the hidden route; one exponent for all rows keeps Σ_a u_a S[a] exact."""
         layer = self.layer
         o, d = layer.d_out, layer.d_form
         tensor = torch.empty(o, d, d, dtype=self.dtype, device=layer.device)
-        every_output = Directions(torch.arange(o), None)
-        for start, stop, q in iter_interaction_chunks(layer, every_output, self.dtype,
-                                                      self.budget - self.resident_bytes,
-                                                      what="forming the interaction tensor"):
-            tensor[start:stop] = q
-        return tensor.view(o, d * d)
+        p, e_p = scaled.output_projection()
+        step = chunk_size(o, interaction_bytes_per_direction(layer.d_hidden, d, self.dtype.itemsize),
+                          self.budget - self.resident_bytes, "forming the interaction tensor")
+        for start in range(0, o, step):
+            tensor[start:start + step] = build_interaction(scaled.w, scaled.v, p[start:start + step])
+        return tensor.view(o, d * d), scaled.exponent + e_p
 
 
 def iter_interaction_chunks(layer: BilinearLayer, dirs, dtype: torch.dtype, budget: int,
@@ -106,22 +116,39 @@ def iter_interaction_chunks(layer: BilinearLayer, dirs, dtype: torch.dtype, budg
     """Yield (start, stop, Q) over chunks of parsed directions, each chunk's Q together with
     `reserved_per_direction` bytes of the caller's own temporaries staying within `budget`
     (exact_symmetry: see InteractionChunks.iterate)."""
+    chunks, step = _plan(layer, dirs, dtype, budget, reserved_per_direction, what)
+    yield from chunks.iterate(step, progress, exact_symmetry)
+
+
+def iter_scaled_interaction_chunks(layer: BilinearLayer, dirs, dtype: torch.dtype, budget: int,
+                                   reserved_per_direction: int = 0, progress=None,
+                                   what: str = "forming an interaction matrix",
+                                   exact_symmetry: bool = True):
+    """iter_interaction_chunks for solvers that rescale their own results: yields
+    (start, stop, Q / 2^e, e) (InteractionChunks.iterate_scaled)."""
+    chunks, step = _plan(layer, dirs, dtype, budget, reserved_per_direction, what)
+    yield from chunks.iterate_scaled(step, progress, exact_symmetry)
+
+
+def _plan(layer, dirs, dtype, budget, reserved_per_direction, what):
     chunks = InteractionChunks(layer, dirs, dtype, budget)
     step = chunk_size(len(dirs), chunks.bytes_per_direction + reserved_per_direction,
                       budget - chunks.resident_bytes, what)
-    yield from chunks.iterate(step, progress, exact_symmetry)
+    return chunks, step
 
 
 def interaction_matrices(layer: BilinearLayer, directions, *, dtype=None, max_memory=None):
     """Symmetric interaction matrices Q(u), (b, d, d) (d + 1 for a biased layer).
 
-    Formed chunk by chunk as scaled GEMMs; the full o×d×d tensor is never built. Temporaries stay
-    under `max_memory` bytes (default: a few GiB, never more than half of free memory).
+    Formed chunk by chunk as scaled GEMMs; the full o×d×d tensor is never built. The result and
+    the temporaries together stay under `max_memory` bytes (default: a few GiB, never more than
+    half of free memory): a result that does not fit is refused up front (MemoryError).
     """
     _check_layer(layer)
     dirs = parse_directions(directions, layer.d_out)
     dtype = working_dtype(layer.dtype, dtype)
-    budget = memory_budget(layer.device, max_memory)
+    budget = _budget_after_matrices(layer, len(dirs), dtype, memory_budget(layer.device, max_memory),
+                                    "interaction_matrices")
     out = torch.empty(len(dirs), layer.d_form, layer.d_form, dtype=dtype, device=layer.device)
     for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget):
         out[start:stop] = q
@@ -144,9 +171,29 @@ def interaction_tensor(layer: BilinearLayer, *, symmetric: bool = True, dtype=No
         )
     if symmetric:
         return interaction_matrices(layer, range(o), dtype=dtype, max_memory=budget)
-    w, v = layer.homogeneous(dtype)
-    p = layer.p.to(dtype) if layer.p is not None else torch.eye(o, dtype=dtype, device=layer.device)
-    return to_framework(torch.einsum("ak,ki,kj->aij", p, w, v), layer.framework)
+    # B[a] = (P[a] ⊙ W̃)ᵀ Ṽ, chunk by chunk over the outputs, from operands normalized by powers
+    # of two (one exponent for all rows, as for S) and scaled back with the same checks as Q
+    budget = _budget_after_matrices(layer, o, dtype, budget, "interaction_tensor")
+    scaled = ScaledLayer(layer, dtype)
+    out = torch.empty(o, d, d, dtype=dtype, device=layer.device)
+    every_output = Directions(torch.arange(o), None)
+    step = chunk_size(o, interaction_bytes_per_direction(layer.d_hidden, d, dtype.itemsize), budget,
+                      "forming the interaction tensor")
+    for start in range(0, o, step):
+        c, e = scaled.coefficients(every_output.chunk(start, start + step), per_row=False)
+        b = torch.matmul((c[:, :, None] * scaled.w).mT, scaled.v)
+        out[start:start + step] = rescale(b, e + scaled.exponent, None, "the entries of B", start)
+    return to_framework(out, layer.framework)
+
+
+def _budget_after_matrices(layer, b: int, dtype, budget: int, what: str) -> int:
+    """The budget left once a (b, d, d) result is counted; refuses up front when it does not fit
+    beside the temporaries of one direction."""
+    d = layer.d_form
+    return budget_after_result(budget, b * d * d * dtype.itemsize,
+                               interaction_bytes_per_direction(layer.d_hidden, d, dtype.itemsize),
+                               f"{what} of {b} direction(s) at d={d} in {str(dtype).replace('torch.', '')}",
+                               hint="ask for fewer directions per call")
 
 
 class InteractionOperator:

@@ -19,7 +19,7 @@ class BilinearLayer:
     """
 
     def __init__(self, w, v, p=None, w_bias=None, v_bias=None):
-        self.framework = framework_of(w)
+        self.framework = framework_of(w, "w")
         w = as_tensor(w, "w")
         v = as_tensor(v, "v")
         if w.ndim != 2 or v.ndim != 2:
@@ -54,7 +54,7 @@ class BilinearLayer:
     def from_packed(cls, weight, p=None, bias=None):
         """From the packed (2h, d) weight of an `nn.Linear(d, 2h)` whose output is `chunk(2)`-ed into
         (W x, V x); `bias` is its optional (2h,) bias."""
-        framework = framework_of(weight)
+        framework = framework_of(weight, "weight")
         weight = as_tensor(weight, "weight")
         if weight.ndim != 2 or weight.shape[0] % 2 != 0 or weight.shape[0] == 0:
             raise ValueError(f"packed weight must be (2h, d) with an even, non-zero first dimension, got {tuple(weight.shape)}")

@@ -1,6 +1,8 @@
 """The temporary-memory budget that chunking keeps under."""
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import torch
@@ -19,11 +21,13 @@ def free_bytes(device: torch.device) -> int:
 
 
 def memory_budget(device: torch.device, max_memory: int | None = None) -> int:
-    """Bytes of temporaries a call may use: `max_memory` if given, else the default, and never more
-    than half of the device's free memory."""
+    """Bytes a call may allocate, its result included: `max_memory` if given, else the default,
+    and never more than half of the device's free memory."""
     if max_memory is not None:
-        if not isinstance(max_memory, (int, float)) or max_memory <= 0:
-            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+        # any real number type (NumPy scalars included), finite and at least one byte
+        if (isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Real)
+                or not math.isfinite(max_memory) or max_memory < 1):
+            raise ValueError(f"max_memory must be a positive, finite number of bytes, got {max_memory!r}")
         return int(max_memory)
     return max(1, min(DEFAULT_MAX_MEMORY, free_bytes(device) // 2))
 
@@ -44,3 +48,17 @@ def chunk_size(n_items: int, bytes_per_item: int, budget: int, what: str) -> int
             f"of {format_bytes(budget)}; raise max_memory or choose a method that needs less"
         )
     return max(1, min(n_items, budget // max(1, bytes_per_item)))
+
+
+def budget_after_result(budget: int, result_bytes: int, one_direction_bytes: int, what: str,
+                        hint: str = "ask for fewer directions per call") -> int:
+    """The budget left for temporaries once a call's result (allocated whole, up front) is counted.
+    Refuses with a MemoryError naming the bytes when the result and the temporaries of a single
+    direction do not fit together, before anything is allocated."""
+    if result_bytes + one_direction_bytes > budget:
+        raise MemoryError(
+            f"{what} needs {result_bytes} bytes ({format_bytes(result_bytes)}) for its result and "
+            f"{format_bytes(one_direction_bytes)} of temporaries for one direction, over the memory "
+            f"budget of {budget} bytes ({format_bytes(budget)}); {hint}, or raise max_memory"
+        )
+    return budget - result_bytes

@@ -123,11 +123,16 @@ def test_interaction_tensor_raw_b(name):
 @pytest.mark.parametrize("dtype, itemsize", [(torch.float64, 8), (torch.float32, 4)])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_interaction_tensor_refusal_names_the_bytes(dtype, itemsize, symmetric):
-    layer = make_layer(_weights("bias", seed=7), dtype=dtype)  # o = 4, d + 1 = 9
+    layer = make_layer(_weights("bias", seed=7), dtype=dtype)  # o = 4, h = 6, d + 1 = 9
     needed = 4 * 9 * 9 * itemsize
+    # beside the result, one output's temporaries: the scaled (h, d) copy and two (d, d) products
+    one_output = (6 * 9 + 2 * 9 * 9) * itemsize
     with pytest.raises(MemoryError, match=rf"\b{needed} bytes"):
         bk.interaction_tensor(layer, symmetric=symmetric, max_memory=needed - 1)
-    assert bk.interaction_tensor(layer, symmetric=symmetric, max_memory=needed).shape == (4, 9, 9)
+    # the result alone fits, but not the work beside it: max_memory bounds both together
+    with pytest.raises(MemoryError, match=rf"\b{needed} bytes.*result.*budget of {needed + one_output - 1} bytes"):
+        bk.interaction_tensor(layer, symmetric=symmetric, max_memory=needed + one_output - 1)
+    assert bk.interaction_tensor(layer, symmetric=symmetric, max_memory=needed + one_output).shape == (4, 9, 9)
 
 
 # -- matrix-free products ------------------------------------------------------------------------
@@ -201,5 +206,6 @@ def test_output_space_route_under_a_tight_budget_gives_the_same_matrices():
     assert _route(layer, u, max_memory=budget)
     chunks = list(interaction.iter_interaction_chunks(layer, parse_directions(u, 3), torch.float64, budget))
     assert len(chunks) > 1 and [c[1] for c in chunks][-1] == 40, "expected several chunks of directions"
-    q = bk.interaction_matrices(layer, u, max_memory=budget)
+    # interaction_matrices counts its (40, 9, 9) result in max_memory on top
+    q = bk.interaction_matrices(layer, u, max_memory=budget + 40 * 81 * 8)
     _close(q.numpy(), oracle_q(weights, u.numpy()), torch.float64)

@@ -20,6 +20,20 @@ def eigh_reference(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.eigh(q)
 
 
+def check_backend(backend: str, device: torch.device, name: str = "eigh_backend") -> None:
+    """Refuse an unknown backend, or "cusolver" where it cannot run (not a CUDA device, or the
+    compiled extension not loaded), before any work is done."""
+    if not isinstance(backend, str) or backend not in EIGH_BACKENDS:
+        raise ValueError(f"{name} must be one of {EIGH_BACKENDS}, got {backend!r}")
+    if backend == "cusolver":
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"{name}='cusolver' runs on CUDA tensors only; these are on {device} "
+                             "(use 'auto' or 'torch')")
+        if not cusolver.available():
+            raise ValueError(f"{name}='cusolver' needs the compiled extension with a GPU, which is not "
+                             "available here (bk.backends() says why); use 'auto' or 'torch'")
+
+
 def eigh_backend(q: torch.Tensor, backend: str = "auto") -> str:
     """The backend `eigh(q, backend)` runs: "torch" or "cusolver"."""
     if backend not in EIGH_BACKENDS:
@@ -48,8 +62,8 @@ def dense_bytes_per_direction(d: int, itemsize: int) -> int:
 
 def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto"):
     """Top-k eigenpairs of formed matrices q (b, d, d), symmetric at least to rounding (the
-    eigensolver reads the lower triangle): values (b, k), vectors (b, d, k) and relative residuals
-    ‖Q v − λ v‖ / ‖Q‖ (b, k), with ‖Q‖ the exact spectral norm."""
+    eigensolver reads the lower triangle): values (b, k), vectors (b, d, k), relative residuals
+    ‖Q v − λ v‖ / ‖Q‖ (b, k) and ‖Q‖ (b,), the exact spectral norm."""
     values, vectors = eigh(q, backend)
     idx = select(values, k, which)
     vals = torch.gather(values, -1, idx)
@@ -59,4 +73,4 @@ def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto"):
     # vᵀ Q = (Q v)ᵀ for symmetric Q
     resid = torch.linalg.vector_norm(torch.baddbmm(rows * vals[:, :, None], rows, q, beta=-1), dim=-1)
     norm = values.abs().amax(dim=-1, keepdim=True)
-    return vals, rows.mT, resid / torch.where(norm > 0, norm, torch.ones_like(norm))
+    return vals, rows.mT, resid / torch.where(norm > 0, norm, torch.ones_like(norm)), norm[:, 0]
