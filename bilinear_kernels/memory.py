@@ -44,8 +44,9 @@ def chunk_size(n_items: int, bytes_per_item: int, budget: int, what: str) -> int
     """How many items fit in `budget`; at least one, or a clear error if even one does not fit."""
     if bytes_per_item > budget:
         raise MemoryError(
-            f"{what} needs {format_bytes(bytes_per_item)} for a single direction, over the memory budget "
-            f"of {format_bytes(budget)}; raise max_memory or choose a method that needs less"
+            f"{what} needs {format_bytes(bytes_per_item)} of temporaries for a single direction, over the "
+            f"{format_bytes(budget)} of the memory budget left for them (max_memory bounds a call's result "
+            "and its temporaries together); raise max_memory or choose a method that needs less"
         )
     return max(1, min(n_items, budget // max(1, bytes_per_item)))
 

@@ -1,6 +1,7 @@
 """decompose(): every method and every `which` against float64 NumPy/SciPy oracles, on random and
 adversarial layers; the identity uᵀ f(x) = Σ λ_i (v_iᵀ x)²; precision, method choice, warnings,
 determinism, frameworks and the safetensors round trip."""
+import dataclasses
 import math
 import warnings
 
@@ -298,6 +299,64 @@ def test_dtype_override_to_float32(method):
     check(res, weights, one_hot(5, [0, 4]), "SA", dtype=torch.float32, method=method)
 
 
+# -- scale ---------------------------------------------------------------------------------------------
+# Weights scaled by powers of two (exact, so the oracle is the unscaled layer's, its eigenvalues
+# times 2^total): exponents (w, v, p, u) whose products overflow or underflow on the way although
+# every eigenvalue is a normal number of the working dtype. Biases scale with their projection.
+SCALES = {
+    "float32 overflow on the way": (torch.float32, (83, -100, 83, 0)),       # λ ~ 2^66
+    "float32 underflow on the way": (torch.float32, (-66, 66, -66, 0)),      # λ ~ 2^-66
+    "float32 tiny directions": (torch.float32, (-40, 50, -60, -60)),         # c ~ 2^-120, λ ~ 2^-110
+    "float64 underflow on the way": (torch.float64, (-600, 600, -600, 0)),   # λ ~ 2^-600
+    "float64 overflow on the way": (torch.float64, (600, -300, 500, 0)),     # λ ~ 2^800
+}
+
+
+def _scaled_layer(weights, dtype, exponents):
+    """The layer of `weights` in `dtype` with w (and w_bias), v (and v_bias), p times 2^e."""
+    e_w, e_v, e_p, _ = exponents
+    layer = make_layer(weights, dtype=dtype)
+    times = lambda t, e: None if t is None else t * 2.0**e  # noqa: E731  (exact: powers of two)
+    return bk.BilinearLayer(times(layer.w, e_w), times(layer.v, e_v), times(layer.p, e_p),
+                            times(layer.w_bias, e_w), times(layer.v_bias, e_v))
+
+
+@pytest.mark.parametrize("method", ["eigh", "lanczos", "lowrank"])
+@pytest.mark.parametrize("case", list(SCALES))
+def test_results_do_not_depend_on_the_weights_scale(case, method):
+    dtype, exponents = SCALES[case]
+    weights = _random("thin+bias", seed=41)
+    u = np.random.default_rng(3).standard_normal((2, 5))
+    res = bk.decompose(_scaled_layer(weights, dtype, exponents), torch.as_tensor(u * 2.0**exponents[3], dtype=dtype),
+                       k=4, which="BE", method=method)
+    values = torch.as_tensor(res.eigenvalues).double()
+    assert torch.isfinite(values).all() and (values != 0).all()
+    unscaled = dataclasses.replace(res, eigenvalues=values * 2.0**-sum(exponents))
+    check_result(unscaled, oracle_q(as_float64(weights, dtype), u), "BE", dtype,
+                 residual_tol=LANCZOS_DEFAULT_TOL[dtype] if method == "lanczos" else None)
+
+
+@pytest.mark.parametrize("method", ["eigh", "lanczos", "lowrank"])
+@pytest.mark.parametrize("e, limit", [(-50, "below the smallest normal float32"), (50, "above the largest float32")])
+def test_eigenvalues_float32_cannot_hold_are_refused_and_float64_gives_them(method, e, limit):
+    weights = _random("thin+bias", seed=42)
+    layer = _scaled_layer(weights, torch.float32, (e, e, e, 0))  # λ ~ 2^(3e): outside float32
+    with pytest.raises(ValueError, match=rf"eigenvalues of the direction at position 0 .*{limit}.*dtype=torch.float64"):
+        bk.decompose(layer, [1, 3], k=3, method=method)
+    res = bk.decompose(layer, [1, 3], k=3, method=method, dtype=torch.float64)
+    unscaled = dataclasses.replace(res, eigenvalues=res.eigenvalues * 2.0**(-3 * e))
+    check_result(unscaled, oracle_q(as_float64(weights, torch.float32), one_hot(5, [1, 3])), "LM", torch.float64,
+                 residual_tol=LANCZOS_DEFAULT_TOL[torch.float64] if method == "lanczos" else None)
+
+
+def test_a_zero_direction_of_tiny_weights_is_still_zero():
+    # ‖Q‖ = 0 is representable: nothing to refuse, every eigenvalue exactly 0
+    weights = _random("thin+bias", seed=43)
+    layer = _scaled_layer(weights, torch.float32, (-50, -50, -50, 0))
+    res = bk.decompose(layer, torch.zeros(1, 5), k=2, method="eigh")
+    assert torch.equal(res.eigenvalues, torch.zeros(1, 2))
+
+
 # -- method="auto" -----------------------------------------------------------------------------------
 # The rule in decompose.py: "lowrank" when 2h < d; else "lanczos" when k is given, d ≥ 512 and
 # k ≤ d/32; else "eigh" (d is the form's dimension, d + 1 with biases).
@@ -390,6 +449,29 @@ def test_chunked_by_a_small_memory_budget(method):
         except MemoryError:
             budget *= 2
     check(res, weights, np.eye(11), "LM", method=method)
+
+
+@pytest.mark.parametrize("method", ["auto", "eigh", "lowrank"])
+def test_a_result_over_the_budget_is_refused_up_front_with_its_bytes(method):
+    # d = 4096 with one hidden unit: tiny weights, but 200 full spectra are 12.5 GiB of eigenvectors
+    g = torch.Generator().manual_seed(0)
+    layer = bk.BilinearLayer(torch.randn(1, 4096, generator=g), torch.randn(1, 4096, generator=g),
+                             torch.randn(300, 1, generator=g))
+    result = 200 * (4096 + 2) * 4096 * 4  # eigenvectors, eigenvalues and residuals in float32
+    with pytest.raises(MemoryError, match=rf"decompose of 200 direction.*k=4096.*\b{result} bytes.*result"
+                                          rf".*budget of {2**32} bytes"):
+        bk.decompose(layer, range(200), method=method, max_memory=2**32)
+
+
+def test_the_result_counts_in_the_budget_of_a_decomposition():
+    weights = _random("square", seed=44)  # d = 24, k = 24: a result of 6 · 26 · 24 · 8 bytes
+    result = 6 * 26 * 24 * 8
+    with pytest.raises(MemoryError, match=rf"\b{result} bytes.*result"):
+        bk.decompose(make_layer(weights), range(6), method="eigh", max_memory=result - 1)
+    with pytest.raises(MemoryError, match=r"temporaries for a single direction.*0 B of the memory budget left"):
+        bk.decompose(make_layer(weights), range(6), method="eigh", max_memory=result)
+    res = bk.decompose(make_layer(weights), range(6), method="eigh", max_memory=4 * result)
+    check(res, weights, np.eye(6), "LM", method="eigh")
 
 
 # -- save / load -------------------------------------------------------------------------------------

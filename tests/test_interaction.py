@@ -97,6 +97,23 @@ def test_a_budget_too_small_for_one_direction_is_refused():
         bk.interaction_matrices(layer, [0], max_memory=16)
 
 
+def _wide_tiny_layer(d=4096, o=4096):
+    """d = 4096 with one hidden unit: nothing big to hold, but (o, d, d) results are 256 GiB."""
+    g = torch.Generator().manual_seed(0)
+    return bk.BilinearLayer(torch.randn(1, d, generator=g), torch.randn(1, d, generator=g),
+                            torch.randn(o, 1, generator=g))
+
+
+@pytest.mark.parametrize("max_memory", [None, 2**30])
+def test_a_result_over_the_budget_is_refused_up_front_with_its_bytes(max_memory):
+    layer = _wide_tiny_layer()
+    result = 4096 * 4096 * 4096 * 4  # (4096, 4096, 4096) float32
+    budget = memory_budget(layer.device, max_memory)
+    with pytest.raises(MemoryError, match=rf"interaction_matrices of 4096 direction.*\b{result} bytes.*result"
+                                          rf".*budget of {budget} bytes"):
+        bk.interaction_matrices(layer, range(4096), max_memory=max_memory)
+
+
 # -- the full tensor -----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_interaction_tensor_is_the_symmetrized_tensor(name):
@@ -133,6 +150,52 @@ def test_interaction_tensor_refusal_names_the_bytes(dtype, itemsize, symmetric):
     with pytest.raises(MemoryError, match=rf"\b{needed} bytes.*result.*budget of {needed + one_output - 1} bytes"):
         bk.interaction_tensor(layer, symmetric=symmetric, max_memory=needed + one_output - 1)
     assert bk.interaction_tensor(layer, symmetric=symmetric, max_memory=needed + one_output).shape == (4, 9, 9)
+
+
+# -- scale ---------------------------------------------------------------------------------------
+def _times(layer, e_w, e_v, e_p):
+    """The layer with w (and w_bias), v (and v_bias), p times powers of two (exact)."""
+    times = lambda t, e: None if t is None else t * 2.0**e  # noqa: E731
+    return bk.BilinearLayer(times(layer.w, e_w), times(layer.v, e_v), times(layer.p, e_p),
+                            times(layer.w_bias, e_w), times(layer.v_bias, e_v))
+
+
+@pytest.mark.parametrize("dtype, exponents", [
+    (torch.float32, (83, -100, 83)),     # (c ⊙ W) overflows float32 on the way; Q ~ 2^66
+    (torch.float32, (-66, 66, -66)),     # ... underflows; Q ~ 2^-66
+    (torch.float64, (-600, 600, -600)),  # Q ~ 2^-600
+    (torch.float64, (600, -300, 500)),   # Q ~ 2^800
+])
+@pytest.mark.parametrize("fn", ["interaction_matrices", "interaction_tensor", "raw tensor", "float directions"])
+def test_matrices_do_not_depend_on_the_weights_scale(fn, dtype, exponents):
+    weights = _weights("bias", seed=8)
+    layer = _times(make_layer(weights, dtype=dtype), *exponents)
+    u = np.random.default_rng(4).standard_normal((40, 4))  # 40 directions through o = 4: the output route
+    if fn == "interaction_matrices":
+        got, expected = bk.interaction_matrices(layer, [3, 0]), oracle_q(as_float64(weights, dtype), one_hot(4, [3, 0]))
+    elif fn == "float directions":
+        got, expected = bk.interaction_matrices(layer, torch.as_tensor(u, dtype=dtype)), oracle_q(as_float64(weights, dtype), u)
+    else:
+        symmetric = fn == "interaction_tensor"
+        got = bk.interaction_tensor(layer, symmetric=symmetric)
+        expected = oracle_tensor(as_float64(weights, dtype), symmetric=symmetric)
+    assert torch.isfinite(got).all()
+    _close(got.double().numpy() * 2.0**-sum(exponents), expected, dtype)
+
+
+@pytest.mark.parametrize("e, limit", [(-50, "below the smallest normal float32"), (50, "above the largest float32")])
+@pytest.mark.parametrize("fn", ["interaction_matrices", "interaction_tensor"])
+def test_matrices_float32_cannot_hold_are_refused(fn, e, limit):
+    weights = _weights("p", seed=9)
+    layer = _times(make_layer(weights, dtype=torch.float32), e, e, e)  # Q ~ 2^(3e)
+    call = (lambda **kw: bk.interaction_matrices(layer, [1], **kw)) if fn == "interaction_matrices" \
+        else (lambda **kw: bk.interaction_tensor(layer, **kw))
+    with pytest.raises(ValueError, match=rf"entries of Q .*{limit}.*dtype=torch.float64"):
+        call()
+    got = call(dtype=torch.float64)
+    expected = oracle_q(as_float64(weights, torch.float32), one_hot(5, [1])) if fn == "interaction_matrices" \
+        else oracle_tensor(as_float64(weights, torch.float32))
+    _close(got.numpy() * 2.0**(-3 * e), expected, torch.float64)
 
 
 # -- matrix-free products ------------------------------------------------------------------------
