@@ -142,7 +142,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
         fix_signs(u, out=vecs[start:stop])
 
     fw = layer.framework
-    metadata = {"k": k_eff, "tol": tol, "dtype": str(work).replace("torch.", ""),
+    metadata = {"k": k_eff, "tol": tol, "dtype": str(work).replace("torch.", ""), "has_bias": layer.has_bias,
                 "seconds": round(time.perf_counter() - started, 6), **extra}
     return DecompositionResult(
         eigenvalues=to_framework(vals, fw), eigenvectors=to_framework(vecs, fw),

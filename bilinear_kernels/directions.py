@@ -5,12 +5,13 @@ tensor or array) or as float vectors in output space of shape (o,) or (b, o).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ._arrays import _is_cupy, check_finite
+from ._arrays import _is_cupy, check_finite, check_tensor_storage, numpy_to_torch
 from .layer import BilinearLayer
 
 
@@ -44,21 +45,19 @@ class Directions:
 
 def parse_directions(directions, d_out: int) -> Directions:
     """Validate `directions` against the layer's output size `d_out`."""
-    if isinstance(directions, bool) or isinstance(directions, (np.bool_,)):
+    if isinstance(directions, (bool, np.bool_)):
         raise TypeError("directions must be output indices or float direction vectors, got a bool")
-    if isinstance(directions, (int, np.integer)):
-        directions = [int(directions)]
+    if isinstance(directions, numbers.Integral):
+        directions = [directions]
     if isinstance(directions, (list, tuple, range)):
-        if len(directions) == 0:
-            raise ValueError("directions is empty: give at least one output index or direction")
-        if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in directions):
-            t = torch.tensor([int(i) for i in directions], dtype=torch.int64)
-        else:
-            t = torch.as_tensor(np.asarray(directions, dtype=np.float64))
+        t = _from_sequence(directions, d_out)
     elif isinstance(directions, torch.Tensor):
+        check_tensor_storage(directions, "directions")
         t = directions
     elif isinstance(directions, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(directions))
+        if directions.dtype.kind in "iu":
+            _check_index_range(directions.reshape(-1), d_out)  # before a cast that could wrap
+        t = numpy_to_torch(directions, "directions", kinds="iuf")
     elif _is_cupy(directions):
         t = torch.from_dlpack(directions)
     else:
@@ -72,14 +71,11 @@ def parse_directions(directions, d_out: int) -> Directions:
     if not t.is_floating_point():
         if t.ndim > 1:
             raise ValueError(f"index directions must be 0-D or 1-D, got shape {tuple(t.shape)}")
-        t = t.reshape(-1).to(torch.int64)
+        t = t.reshape(-1)
         if t.numel() == 0:
             raise ValueError("directions is empty: give at least one output index or direction")
-        bad = (t < 0) | (t >= d_out)
-        if bool(bad.any()):
-            first = int(t[bad][0])
-            raise ValueError(f"direction index {first} is out of range for a layer with d_out = {d_out} (valid: 0..{d_out - 1})")
-        return Directions(t.cpu(), None)
+        _check_index_range(t, d_out)
+        return Directions(t.to(torch.int64).cpu(), None)
 
     if t.ndim not in (1, 2) or t.shape[-1] != d_out:
         raise ValueError(f"float directions must have shape (o,) or (b, o) with o = d_out = {d_out}, got {tuple(t.shape)}")
@@ -89,3 +85,45 @@ def parse_directions(directions, d_out: int) -> Directions:
         raise ValueError("directions is empty: give at least one output index or direction")
     check_finite(t, "directions")
     return Directions(None, t)
+
+
+def _is_index(x) -> bool:
+    """An int in any of its forms: Python, NumPy, or a 0-D integer tensor or array."""
+    if isinstance(x, (bool, np.bool_)):
+        return False
+    if isinstance(x, numbers.Integral):
+        return True
+    if isinstance(x, torch.Tensor):
+        return x.ndim == 0 and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    if isinstance(x, np.ndarray):
+        return x.ndim == 0 and x.dtype.kind in "iu"
+    return False
+
+
+def _from_sequence(directions, d_out: int) -> torch.Tensor:
+    """A list, tuple or range: all ints are output indices; anything else must be a rectangular
+    (o,) or (b, o) list of real numbers."""
+    if len(directions) == 0:
+        raise ValueError("directions is empty: give at least one output index or direction")
+    if all(_is_index(i) for i in directions):
+        indices = [int(i) for i in directions]
+        # range-checked as Python ints: 2**70 is out of range, not an overflow inside torch
+        _check_index_range(indices, d_out)
+        return torch.tensor(indices, dtype=torch.int64)
+    try:
+        array = np.asarray(directions, dtype=np.float64)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            "directions given as a list must be output indices (ints) or float vectors of one length "
+            f"(a rectangular (o,) or (b, o) list); this one is not ({err})") from None
+    return torch.from_numpy(array)
+
+
+def _check_index_range(indices, d_out: int) -> None:
+    if isinstance(indices, (torch.Tensor, np.ndarray)):
+        bad = (indices < 0) | (indices >= d_out)
+        first = int(indices[bad][0]) if bool(bad.any()) else None
+    else:
+        first = next((i for i in indices if not 0 <= i < d_out), None)
+    if first is not None:
+        raise ValueError(f"direction index {first} is out of range for a layer with d_out = {d_out} (valid: 0..{d_out - 1})")

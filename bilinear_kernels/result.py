@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ._arrays import NUMPY, TORCH, framework_of, to_framework
+from ._arrays import NUMPY, TORCH, check_tensor_storage, framework_of, numpy_to_torch, to_framework
 
 FORMAT = "bilinear_kernels.decomposition/1"
 
@@ -43,13 +44,25 @@ class DecompositionResult:
         return f"DecompositionResult(directions={b}, d={d}, k={k}, which={self.which!r}, method={self.method!r})"
 
     def activations(self, x):
-        """Eigenvector activations λ_i (v_iᵀ x)² for x (n, d) -> (n, b, k); their sum over k is
-        uᵀ f(x) when k is the full spectrum (for a biased layer, append a 1 to x)."""
+        """Eigenvector activations λ_i (v_iᵀ x)² for inputs x (..., d) -> (..., b, k); their sum
+        over k is uᵀ f(x) when k is the full spectrum. A biased layer is decomposed in d + 1
+        dimensions, the last standing for the constant 1: give x with d + 1 columns (the 1
+        included) or with the layer's d columns, and the constant 1 is appended.
+
+        x: a torch tensor, NumPy or CuPy array, or a (nested) list of numbers."""
         vecs = torch.as_tensor(self.eigenvectors)
         vals = torch.as_tensor(self.eigenvalues)
-        x = torch.as_tensor(x).to(vecs)
-        proj = torch.einsum("nd,bdk->nbk", x, vecs)
-        return to_framework(vals[None] * proj**2, framework_of(self.eigenvalues))
+        x = _inputs(x).to(device=vecs.device, dtype=vecs.dtype)
+        d = vecs.shape[-2]
+        biased = bool(self.metadata.get("has_bias", False))
+        widths = f"{d} (or {d - 1}, the constant 1 then appended)" if biased else f"{d}"
+        if x.ndim == 0 or x.shape[-1] not in ((d, d - 1) if biased else (d,)):
+            raise ValueError(f"x must have shape (..., {widths}) to match the eigenvectors {tuple(vecs.shape)}, "
+                             f"got {tuple(x.shape)}")
+        if x.shape[-1] == d - 1 and biased:
+            x = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)], dim=-1)
+        proj = torch.einsum("...d,bdk->...bk", x, vecs)
+        return to_framework(vals * proj**2, framework_of(self.eigenvalues))
 
     def save(self, path) -> None:
         """Write to a safetensors file (tensors plus JSON metadata; nothing is pickled)."""
@@ -74,25 +87,84 @@ class DecompositionResult:
     def load(cls, path, framework: str = TORCH) -> "DecompositionResult":
         """Read a file written by `save`; arrays come back as torch tensors or, with
         framework="numpy", NumPy arrays."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path} is not a decomposition result file (format {meta.get('format')!r})")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
         if framework not in (TORCH, NUMPY):
             raise ValueError(f"framework must be 'torch' or 'numpy', got {framework!r}")
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a directory, not a decomposition result file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"{path} is not a decomposition result file (format {meta.get('format')!r})")
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except SafetensorError as err:
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise OSError(f"could not read {path}: {err}") from None
+        fields = _checked_fields(path, meta, tensors)
         conv = (lambda t: t) if framework == TORCH else (lambda t: t.numpy())
         return cls(
             eigenvalues=conv(tensors["eigenvalues"]),
             eigenvectors=conv(tensors["eigenvectors"]),
             residuals=conv(tensors["residuals"]),
-            method=meta["method"],
-            which=meta["which"],
             indices=conv(tensors["indices"]) if "indices" in tensors else None,
-            metadata=json.loads(meta.get("metadata", "{}")),
+            **fields,
         )
+
+
+def _inputs(x) -> torch.Tensor:
+    """x as a real torch tensor, with a clear error for what is not an array of numbers."""
+    if isinstance(x, torch.Tensor):
+        check_tensor_storage(x, "x")
+        t = x
+    elif isinstance(x, np.ndarray):
+        t = numpy_to_torch(x, "x", kinds="iuf")
+    elif type(x).__module__.split(".")[0] == "cupy":
+        t = torch.from_dlpack(x)
+    elif isinstance(x, (list, tuple)):
+        try:
+            t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"x given as a list must be a rectangular array of numbers ({err})") from None
+    else:
+        raise TypeError(f"x must be a torch tensor, NumPy or CuPy array, or a list of numbers, got {type(x).__name__}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"x must hold real numbers, got dtype {t.dtype}")
+    return t
+
+
+def _checked_fields(path, meta: dict, tensors: dict) -> dict:
+    """method, which and metadata of a result file, after checking that its tensors have the
+    shapes a result has; a ValueError naming the file and what is wrong otherwise."""
+    def bad(what):
+        return ValueError(f"{path} is not a valid decomposition result file: {what}")
+
+    for key in ("method", "which"):
+        if not isinstance(meta.get(key), str):
+            raise bad(f"its header has no {key!r}")
+    try:
+        metadata = json.loads(meta.get("metadata", "{}"))
+    except json.JSONDecodeError as err:
+        raise bad(f"its 'metadata' entry is not JSON ({err})") from None
+    if not isinstance(metadata, dict):
+        raise bad(f"its 'metadata' entry is a {type(metadata).__name__}, not a JSON object")
+    missing = [n for n in ("eigenvalues", "eigenvectors", "residuals") if n not in tensors]
+    if missing:
+        raise bad(f"it has no tensor {', '.join(missing)}")
+    vals, vecs, resid = tensors["eigenvalues"], tensors["eigenvectors"], tensors["residuals"]
+    shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+    if vals.ndim != 2 or vecs.ndim != 3 or resid.shape != vals.shape or \
+            (vecs.shape[0], vecs.shape[2]) != tuple(vals.shape):
+        raise bad(f"its tensors do not have the shapes (b, k), (b, d, k), (b, k) of a result: {shapes}")
+    if "indices" in tensors:
+        idx = tensors["indices"]
+        if idx.shape != (vals.shape[0],) or idx.is_floating_point():
+            raise bad(f"its indices must be {vals.shape[0]} integers, got {idx.dtype} {tuple(idx.shape)}")
+    return dict(method=meta["method"], which=meta["which"], metadata=metadata)
 
 
 def _torch_cpu(x) -> torch.Tensor:
