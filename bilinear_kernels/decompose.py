@@ -105,15 +105,19 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     which       "LM" largest |λ|, "LA" largest, "SA" smallest, "BE" half from each end
     method      "auto", "eigh", "lanczos" or "lowrank" (module docstring: the auto rule)
     tol         residual tolerance ‖Q v − λ v‖/‖Q‖ for "lanczos" (default 1e-4 in float32,
-                1e-8 in float64); the direct methods are exact to working precision
+                1e-8 in float64; at least the working dtype's eps); the direct methods are exact
+                to working precision
     dtype       working precision (float32 or float64); default: the weights' own, half upcast
-    max_memory  bytes of temporaries (default: a few GiB, at most half of free memory)
+    max_memory  bytes of the result and the temporaries together (default: a few GiB, at most
+                half of free memory); a result that cannot fit is refused up front (MemoryError)
     progress    show a progress bar over chunks (default: when there is more than one chunk)
     block_size, max_basis, max_products, seed: knobs of the Krylov solver
     eigh_backend  batched eigensolver of method="eigh": "auto", "torch" or "cusolver"
                   (solvers/dense.py)
 
-    Returns a DecompositionResult in the layer's framework and device.
+    Returns a DecompositionResult in the layer's framework and device. The result does not depend
+    on the weights' scale (scaling.py); eigenvalues the working dtype cannot hold are refused with
+    a ValueError.
     """
     _check_layer(layer)
     dirs = parse_directions(directions, layer.d_out)
