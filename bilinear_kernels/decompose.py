@@ -122,7 +122,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     _check_layer(layer)
     dirs = parse_directions(directions, layer.d_out)
     check_backend(eigh_backend, layer.device)
-    check_krylov_knobs(block_size, max_basis, max_products, seed)
+    knobs = check_krylov_knobs(block_size, max_basis, max_products, seed)
     opts = resolve_options(layer, k, which, method, tol, dtype)
     work, k_eff, method, tol = opts.dtype, opts.k, opts.method, opts.tol
     d = layer.d_form
@@ -139,9 +139,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     solver = {"eigh": _run_eigh, "lanczos": _run_lanczos, "lowrank": _run_lowrank}[method]
     extra = {}
     for start, stop, v, u, r in solver(layer, dirs, k_eff, which, work, budget, progress, tol,
-                                        dict(block_size=block_size, max_basis=max_basis,
-                                             max_products=max_products, seed=seed,
-                                             eigh_backend=eigh_backend), extra):
+                                        dict(knobs, eigh_backend=eigh_backend), extra):
         vals[start:stop], resid[start:stop] = v, r
         fix_signs(u, out=vecs[start:stop])
 
@@ -156,20 +154,23 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     )
 
 
-def check_krylov_knobs(block_size, max_basis, max_products, seed) -> None:
-    """Refuse Krylov knobs that are not positive ints (None takes the default), or a seed that is
-    not an int torch's generators take."""
+def check_krylov_knobs(block_size, max_basis, max_products, seed) -> dict:
+    """The Krylov knobs as Python ints (None takes the default), refusing what is not a positive
+    int, or a seed that is not an int torch's generators take."""
+    knobs = {}
     for name, value in (("block_size", block_size), ("max_basis", max_basis), ("max_products", max_products)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__} {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__} {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            value = int(value)
+        knobs[name] = value
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     if not -2**63 <= seed < 2**64:
         raise ValueError(f"seed must be an int in [-2**63, 2**64), got {seed!r}")
+    return dict(knobs, seed=int(seed))
 
 
 # Every solver works on the layer's operands divided by powers of two (scaling.py) and scales

@@ -168,12 +168,14 @@ def _times(layer, e_w, e_v, e_p):
 ])
 @pytest.mark.parametrize("fn", ["interaction_matrices", "interaction_tensor", "raw tensor", "float directions"])
 def test_matrices_do_not_depend_on_the_weights_scale(fn, dtype, exponents):
-    weights = _weights("bias", seed=8)
+    # o = 3 well below h = 24: 40 float directions take the output route (S built once)
+    weights = random_weights(8, 24, 3, bias=True, seed=8)
     layer = _times(make_layer(weights, dtype=dtype), *exponents)
-    u = np.random.default_rng(4).standard_normal((40, 4))  # 40 directions through o = 4: the output route
+    u = np.random.default_rng(4).standard_normal((40, 3))
     if fn == "interaction_matrices":
-        got, expected = bk.interaction_matrices(layer, [3, 0]), oracle_q(as_float64(weights, dtype), one_hot(4, [3, 0]))
+        got, expected = bk.interaction_matrices(layer, [2, 0]), oracle_q(as_float64(weights, dtype), one_hot(3, [2, 0]))
     elif fn == "float directions":
+        assert _route(layer, torch.as_tensor(u, dtype=dtype))
         got, expected = bk.interaction_matrices(layer, torch.as_tensor(u, dtype=dtype)), oracle_q(as_float64(weights, dtype), u)
     else:
         symmetric = fn == "interaction_tensor"

@@ -379,3 +379,10 @@ def test_activations_of_a_biased_layer_take_the_layers_own_width():
     # inputs of any leading shape, lists included
     assert res.activations(x[0]).shape == (2, 7)
     assert res.activations(x.reshape(5, 1, 6).tolist()).shape == (5, 1, 2, 7)
+
+
+def test_numpy_integers_are_taken_as_krylov_knobs(layer):
+    as_python = bk.decompose(layer, [0, 1], k=2, method="lanczos", seed=3, block_size=2, max_products=500)
+    as_numpy = bk.decompose(layer, [0, 1], k=2, method="lanczos", seed=np.int64(3), block_size=np.int32(2),
+                            max_products=np.int64(500))
+    torch.testing.assert_close(as_numpy.eigenvalues, as_python.eigenvalues, rtol=0, atol=1e-12)
