@@ -14,7 +14,7 @@ def _is_cupy(x) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
 
-def framework_of(x, name: str = "the input") -> str:
+def framework_of(x, name: str | None = None) -> str:
     if isinstance(x, torch.Tensor):
         return TORCH
     if isinstance(x, np.ndarray):
@@ -24,9 +24,10 @@ def framework_of(x, name: str = "the input") -> str:
     raise TypeError(_unsupported_type(x, name))
 
 
-def _unsupported_type(x, name: str) -> str:
+def _unsupported_type(x, name: str | None) -> str:
     hint = " (convert it with np.asarray or torch.tensor)" if isinstance(x, (list, tuple)) else ""
-    return f"{name} must be a torch tensor, NumPy array or CuPy array, got {type(x).__name__}{hint}"
+    wanted = "expected" if name is None else f"{name} must be"
+    return f"{wanted} a torch tensor, NumPy array or CuPy array, got {type(x).__name__}{hint}"
 
 
 def numpy_to_torch(a: np.ndarray, name: str, kinds: str = "f") -> torch.Tensor:
