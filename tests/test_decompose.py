@@ -349,6 +349,17 @@ def test_eigenvalues_float32_cannot_hold_are_refused_and_float64_gives_them(meth
                  residual_tol=LANCZOS_DEFAULT_TOL[torch.float64] if method == "lanczos" else None)
 
 
+@pytest.mark.parametrize("method", ["eigh", "lanczos", "lowrank"])
+def test_float64_weights_past_float32_range_work_in_float32(method):
+    # w ~ 2^200 and v ~ 2^-200 are Inf and 0 in float32, but Q is of order one: normalized in
+    # float64 before the cast, the float32 answer is right
+    weights = _random("thin+bias", seed=45)
+    res = bk.decompose(_scaled_layer(weights, torch.float64, (200, -200, 0, 0)), [0, 3], k=3, method=method,
+                       dtype=torch.float32)
+    assert res.eigenvalues.dtype == torch.float32
+    check(res, weights, one_hot(5, [0, 3]), "LM", dtype=torch.float32, method=method)
+
+
 def test_a_zero_direction_of_tiny_weights_is_still_zero():
     # ‖Q‖ = 0 is representable: nothing to refuse, every eigenvalue exactly 0
     weights = _random("thin+bias", seed=43)
