@@ -156,10 +156,12 @@ def rescale(x: torch.Tensor, exponents: torch.Tensor, norms: torch.Tensor | None
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
             limit = info.max if bad is over else info.tiny
+            remedy = ("use dtype=torch.float64 (or rescale the weights)" if x.dtype != torch.float64
+                      else "rescale the weights")
             raise ValueError(
                 f"{what} of the direction at position {start + i} are about {_power_of_two(float(logs[i]))}, "
                 f"{where} {str(x.dtype).replace('torch.', '')} number ({limit:.3g}): this working "
-                "precision cannot hold them; use dtype=torch.float64 (or rescale the weights)"
+                f"precision cannot hold them; {remedy}"
             )
     return times_power_of_two_(x, exponents.reshape(-1, *([1] * (x.ndim - 1))))
 

@@ -553,3 +553,10 @@ def test_lanczos_basis_reaching_the_whole_space_stays_orthonormal():
     res = bk.decompose(make_layer(weights), [0, 2, 0], method="lanczos")
     check_result(res, oracle_q(weights, one_hot(5, [0, 2, 0])), "LM", torch.float64,
                  residual_tol=LANCZOS_DEFAULT_TOL[torch.float64])
+
+
+def test_eigenvalues_float64_cannot_hold_are_refused_naming_the_remedy():
+    weights = _random("thin+bias", seed=46)
+    layer = _scaled_layer(weights, torch.float64, (400, 400, 400, 0))  # λ ~ 2^1200
+    with pytest.raises(ValueError, match=r"above the largest float64 number.*; rescale the weights$"):
+        bk.decompose(layer, [0], k=2, method="eigh")
