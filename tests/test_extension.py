@@ -131,8 +131,9 @@ def test_public_calls_without_gpu_raise_runtime_error():
         cusolver.eigvalsh(q)
     with pytest.raises(RuntimeError, match="no usable CUDA GPU"):
         dense.eigh(q, "cusolver")
+    # decompose checks its argument first: cuSOLVER never takes CPU tensors, GPU or not
     layer = bk.BilinearLayer(torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match="no usable CUDA GPU"):
+    with pytest.raises(ValueError, match="eigh_backend='cusolver' runs on CUDA tensors only; these are on cpu"):
         bk.decompose(layer, [0, 1], method="eigh", eigh_backend="cusolver")
 
 
