@@ -344,6 +344,8 @@ BAD_ARGUMENTS = {
 @pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
 def test_bad_arguments_get_a_clear_error(layer, tmp_path, case):
     call, error, pattern = BAD_ARGUMENTS[case]
+    if "long double" in case and np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("long double is float64 on this platform")
     biased = make_layer(random_weights(6, 4, 3, bias=True, seed=34))
     with pytest.raises(error, match=pattern):
         call(layer, biased, tmp_path)
