@@ -174,8 +174,10 @@ def plan_output(out) -> OutputPlan:
     if exists_as_dir or text.endswith(("/", os.sep)) or not path.suffix:
         if path.exists() and not exists_as_dir:
             raise OutputError(f"out {text!r} exists and is not a directory; a sweep store is a directory")
-        if not path.exists():
-            _check_can_create(path, "sweep store directory")
+        if not path.exists():  # the store makes missing parents; the nearest existing one must be writable
+            ancestor = next(p for p in path.absolute().parents if p.exists())
+            if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot create the sweep store directory {path}: {ancestor} is not a writable directory")
         return OutputPlan("store", path)
     raise ValueError(
         f"out {text!r} ends in {path.suffix!r}: results are written to a {RESULT_SUFFIX} file, or streamed into "
