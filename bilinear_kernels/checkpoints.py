@@ -161,14 +161,14 @@ class TensorSource:
     once, whole, by torch.load(weights_only=True) and kept while the source lives."""
 
     def __init__(self, name: str, weight_map: dict[str, Path], config: dict, files: list[Path],
-                 notes: list[str] | None = None):
+                 notes: list[str] | None = None, loaded: dict[Path, dict] | None = None):
         self.name = name  # how the checkpoint is called in messages
         self.weight_map = weight_map
         self.config = config
         self.files = files  # config / index files, then the weight files
         self.notes = list(notes or [])  # what opening the checkpoint decided, for the user
         self.read: set[Path] = set()  # weight files a tensor was read from
-        self._state_dicts: dict[Path, dict] = {}  # torch.save files, loaded once
+        self._state_dicts: dict[Path, dict] = dict(loaded or {})  # torch.save files, loaded once
         self._torch_files = {f for f in set(weight_map.values()) if _file_format(f) == "torch"}
 
     def files_read(self) -> list[Path]:
@@ -251,8 +251,8 @@ def open_checkpoint(path) -> TensorSource:
     is_model_file = path.name in ("model.safetensors", "pytorch_model.bin")
     config = _read_config(path.parent) if is_model_file or config_path.exists() else {}
     files = ([config_path] if config else []) + [path]
-    names, notes = _weight_names(path)
-    return TensorSource(str(path), {n: path for n in names}, config, files, notes)
+    names, notes, loaded = _weight_names(path)
+    return TensorSource(str(path), {n: path for n in names}, config, files, notes, loaded)
 
 
 def _open_directory(path: Path) -> TensorSource:
@@ -279,8 +279,8 @@ def _open_directory(path: Path) -> TensorSource:
     else:
         return _open_model_subfolder(path)
     _require_regular_file(weights, "weights file")
-    names, notes = _weight_names(weights)
-    return TensorSource(str(path), {n: weights for n in names}, config, config_files + [weights], notes)
+    names, notes, loaded = _weight_names(weights)
+    return TensorSource(str(path), {n: weights for n in names}, config, config_files + [weights], notes, loaded)
 
 
 def _open_model_subfolder(path: Path) -> TensorSource:
@@ -387,13 +387,14 @@ def _file_format(path: Path) -> str:
     return "torch" if _is_zip(head) or _is_pickle(head) else "safetensors"
 
 
-def _weight_names(path: Path) -> tuple[list[str], list[str]]:
-    """The tensor names in a weights file, and notes on how it was read."""
+def _weight_names(path: Path) -> tuple[list[str], list[str], dict[Path, dict]]:
+    """The tensor names in a weights file, notes on how it was read, and a torch.save file's
+    tensors (read whole once, so they are kept rather than read again)."""
     if _file_format(path) == "torch":
         tensors, notes = load_torch_state_dict(path)
-        return list(tensors), [f"{path.name} read with torch.load(weights_only=True)", *notes]
+        return list(tensors), [f"{path.name} read with torch.load(weights_only=True)", *notes], {path: tensors}
     _check_safetensors(path)
-    return _safetensors_names(path), []
+    return _safetensors_names(path), [], {}
 
 
 def load_torch_state_dict(path) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -302,6 +302,16 @@ def test_torch_state_dicts_are_read_with_weights_only(tmp_path, name, legacy):
     assert [f.name for f in loaded.files] == [name]
 
 
+def test_torch_file_is_read_once(tmp_path, monkeypatch):
+    t = write_plain(tmp_path / "layer.safetensors")
+    torch.save(t, tmp_path / "layer.pt")
+    calls = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    load_layer(tmp_path / "layer.pt")
+    assert len(calls) == 1 and calls[0]["weights_only"] is True
+
+
 def test_torch_checkpoint_folder_and_state_dict_under_a_key(tmp_path):
     t = write_bilinear_lm(tmp_path / "lm")
     (tmp_path / "lm" / "model.safetensors").unlink()
@@ -435,8 +445,23 @@ def test_broken_config_and_index(tmp_path):
 
 # -- files that are not what they claim ---------------------------------------------------------
 
+@pytest.fixture
+def no_hang():
+    """Turn a blocking open (a FIFO) into a failure after 30 s instead of a hung suite."""
+    import signal
+
+    def fail(*_):
+        raise AssertionError("blocked for 30 s")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("which", ["model.safetensors", "config.json"])
-def test_fifo_is_refused_without_blocking(tmp_path, which):
+def test_fifo_is_refused_without_blocking(tmp_path, which, no_hang):
     """Opening a FIFO for reading blocks until a writer comes; the file type is checked first."""
     import os
 
