@@ -98,10 +98,13 @@ class LoadedLayer:
 def load_layer(path, layer: int | None = None, *, allow_gated: bool = False,
                fold_embedding: bool = False, fold_norms: bool = False,
                device=None, dtype=None) -> LoadedLayer:
-    """Load bilinear layer `layer` of the checkpoint at `path` (a directory or a .safetensors file).
+    """Load bilinear layer `layer` of the checkpoint at `path` (a directory, a weights file or an
+    index).
 
-    allow_gated     accept a gated (SiLU, GELU...) Llama-style MLP and decompose its bilinear part
-                    (gate x) ⊙ (up x); that is not the function the model computes
+    allow_gated     accept a gated (SiLU, GELU, ReLU...) MLP — a Llama-style one, a bilinear LM
+                    whose config gives a gate, or one without config.json to say — and decompose
+                    its bilinear part (gate x) ⊙ (up x), (W x) ⊙ (V x); a note says so, since that
+                    is not the function the model computes
     fold_embedding  image models, layer 0: fold embed.weight into W and V, so the layer acts on
                     the raw input (pixels) instead of the embedding
     fold_norms      language models: fold the gain of the norm before the MLP into W and V, and the

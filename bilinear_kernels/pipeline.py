@@ -219,7 +219,7 @@ def effective_k(k: int | None, layer: BilinearLayer) -> tuple[int | None, str | 
         raise ValueError(f"k must be a positive int or None (the full spectrum), got {k!r}")
     d = layer.d_form
     if k > d:
-        form = f"d = {d}" + (" (the inputs and the constant 1 of the biases)" if layer.has_bias else "")
+        form = f"d = {d}" + (f": {d - 1} inputs and the constant 1 of the biases" if layer.has_bias else "")
         return d, f"k={k} is more than the {d} eigenpairs each direction has ({form}): computing all {d}"
     return k, None
 
