@@ -261,20 +261,16 @@ def open_checkpoint(path) -> TensorSource:
 def _open_directory(path: Path) -> TensorSource:
     config = _read_config(path)
     config_files = [path / "config.json"] if (path / "config.json").exists() else []
+    # the standard names first (safetensors before pickles), then a single weights file of any name
     if (path / "model.safetensors").exists():
         weights = path / "model.safetensors"
     elif (path / "model.safetensors.index.json").exists():
         return _open_sharded(path / "model.safetensors.index.json", config)
-    elif candidates := sorted(path.glob("*.safetensors")):
-        if len(candidates) > 1:
-            raise CheckpointError(f"{path} holds several .safetensors files ({', '.join(p.name for p in candidates)}) "
-                                  "and no model.safetensors; pass the file to use")
-        weights = candidates[0]
     elif (path / "pytorch_model.bin").exists():
         weights = path / "pytorch_model.bin"
     elif (path / "pytorch_model.bin.index.json").exists():
         return _open_sharded(path / "pytorch_model.bin.index.json", config)
-    elif candidates := sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES):
+    elif candidates := sorted(p for p in path.iterdir() if p.suffix in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)):
         if len(candidates) > 1:
             raise CheckpointError(f"{path} holds several weight files ({', '.join(p.name for p in candidates)}) "
                                   "and no model.safetensors or pytorch_model.bin; pass the file to use")

@@ -551,3 +551,13 @@ def test_tensors_of_two_layouts_are_ambiguous(tmp_path):
     save_file(t, str(tmp_path / "x.safetensors"))
     with pytest.raises(CheckpointError, match=r"several layouts \(bilinear-lm, bilinear-image\)"):
         load_layer(tmp_path / "x.safetensors")
+
+
+def test_folder_with_several_weight_files_of_other_names_is_ambiguous(tmp_path):
+    t = write_plain(tmp_path / "layer.safetensors")
+    assert load_layer(tmp_path).layout == "plain"  # one file: that one
+    torch.save(t, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"several weight files \(layer\.safetensors, other\.pt\).*pass the file"):
+        load_layer(tmp_path)
+    torch.save(t, tmp_path / "pytorch_model.bin")  # a standard name decides
+    assert "pytorch_model.bin read with torch.load(weights_only=True)" in load_layer(tmp_path).notes
