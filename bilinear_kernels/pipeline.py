@@ -327,7 +327,8 @@ def run_target(target: DecompositionTarget, *, k: int | None = None, which: str 
 def _run_store(target: DecompositionTarget, path: Path, *, k, which, method, tol, dtype, chunk, resume, progress):
     """Stream into a resumable sweep store (one process, or one rank under torchrun). The ids go
     into the store's fingerprint, so the manifest records them and a rerun with other ids is
-    refused."""
+    refused. (sweep.run_from_args takes no ids of its own: the store numbers float directions
+    by row; a sweep entry point that takes ids= should be given target.ids here.)"""
     from . import sweep
 
     keys = ("checkpoint_sha256", "layer", "layout", "directions", "fold_embedding", "fold_norms", "allow_gated")
