@@ -476,7 +476,8 @@ def _check_safetensors(path: Path) -> None:
                     "metadata (the header holds the tensor names and the file's metadata)")
             return
     if _is_pickle(head) or _is_zip(head):
-        raise CheckpointError(f"{path} is named .safetensors but holds {'a zip archive' if _is_zip(head) else 'pickle data'}, "
+        what = "a zip archive" if _is_zip(head) else "pickle data"
+        raise CheckpointError(f"{path} is named .safetensors but holds {what}, "
                               "as torch.save writes; rename it to .pt to read it with torch.load(weights_only=True)")
     detail = f"only {size} bytes" if size < 9 else "corrupt or truncated header"
     raise CheckpointError(f"{path} is not a valid safetensors file ({detail})")
@@ -615,7 +616,9 @@ def _check_bilinear_lm_gate(source, prefix, allow_gated, notes) -> None:
         why, verb, computes = ("there is no config.json to say whether the MLP is gated", "may compute",
                                "act(W x) ⊙ (V x) for some activation")
     elif gate is not None:
-        why, verb, computes = f"config.json gives the gate {cfg.get('gate', kind)!r}", "computes", f"{gate}(W x) ⊙ (V x)"
+        said = (f'"gate": {json.dumps(cfg["gate"])}' if cfg.get("gate") not in (None, False)
+                else f'"mlp": {json.dumps(kind)}')
+        why, verb, computes = f"config.json gives {said}", "computes", f"{gate}(W x) ⊙ (V x)"
     else:
         if "gate" not in cfg and "bilinear" not in cfg and "mlp" not in cfg:
             notes.append(f"{source.name}: config.json does not say whether the MLP is gated (no \"gate\" or "

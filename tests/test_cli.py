@@ -359,10 +359,10 @@ def test_gated_lm_is_refused_and_allowed_with_a_note(tmp_path, capsys):
     write_bilinear_lm(tmp_path / "lm", gate="silu")
     args = [tmp_path / "lm", "--layer", "0", "--directions", "3", "--k", "2", "--out", tmp_path / "r.safetensors"]
     line = one_line_error(capsys, *args)
-    assert "gate 'silu'" in line and "--allow-gated" in line
+    assert 'config.json gives "gate": "silu"' in line and "--allow-gated" in line
     code, _, err = decompose_main(capsys, *args, "--allow-gated")
     assert code == 0, err
-    assert "note: config.json gives the gate 'silu': decomposing only the bilinear part (W x) ⊙ (V x)" in err
+    assert 'note: config.json gives "gate": "silu": decomposing only the bilinear part (W x) ⊙ (V x)' in err
     meta = DecompositionResult.load(tmp_path / "r.safetensors").metadata
     assert meta["allow_gated"] is True and any("decomposing only the bilinear part" in n for n in meta["notes"])
 

@@ -30,13 +30,14 @@ def write_plain(path: Path, *, h=5, d=7, o=3, with_p=True, bias=False, seed=0) -
 
 def write_bilinear_lm(folder: Path, *, n_layer=2, d_model=8, d_hidden=6, n_vocab=11, bias=False,
                       norms="snapshot", lm_head=True, old_p_name=False, config=True, gate=None,
-                      bilinear=True, norm_bias=None, seed=1) -> dict:
+                      bilinear=True, norm_bias=None, normalization=True, seed=1) -> dict:
     """The published bilinear transformers' names (attention weights included, unused).
 
     norms: "snapshot" the arXiv 2406.03947 checkpoints' n2.norm.weight / n2.norm.bias (zero) and
     n_f.norm.weight / .norm.bias; "plain" n2.weight and n_f.weight (older research code); None the
     later models, whose RMSNorm has no parameters. norm_bias: a tensor for the n2 norm's bias.
-    gate, bilinear: the config fields that say whether the MLP is gated / bilinear."""
+    gate, bilinear, normalization: the config fields that say whether the MLP is gated / bilinear
+    and whether the model normalizes at all."""
     gen = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     t = {"transformer.wte.weight": _randn(gen, n_vocab, d_model)}
@@ -64,7 +65,7 @@ def write_bilinear_lm(folder: Path, *, n_layer=2, d_model=8, d_hidden=6, n_vocab
     if config:
         (folder / "config.json").write_text(json.dumps(
             {"n_layer": n_layer, "d_model": d_model, "d_hidden": d_hidden, "n_vocab": n_vocab, "bias": bias,
-             "bilinear": bilinear, "gate": gate, "normalization": norms is not None}))
+             "bilinear": bilinear, "gate": gate, "normalization": normalization}))
     return t
 
 
