@@ -1,12 +1,17 @@
 """Load one bilinear layer, and the readout that gives its output directions, from a checkpoint.
 
-Only safetensors files are read (lazily: just the tensors asked for); pickled formats (.bin, .pt,
-.pth, .ckpt, .pkl) are refused and never unpickled. Layouts understood:
+Weights are read from safetensors files (lazily: just the tensors asked for) or from torch.save
+files (.pt, .bin, .pth, .ckpt) through torch.load(weights_only=True) only, which refuses every
+object but tensors and plain containers: a pickle is never fully unpickled. FIFOs, devices and
+other non-regular files are refused before they are opened. Layouts understood:
 
-  bilinear-lm     config.json + model.safetensors of the published bilinear transformers:
+  bilinear-lm     config.json + weights of the published bilinear transformers:
                   transformer.h.{i}.mlp.w.weight (2h, d) packed [W; V], transformer.h.{i}.mlp.p.weight
                   (d, h) (older files: mlp.o.weight), optional mlp.w.bias (2h,), lm_head.weight /
-                  transformer.wte.weight (vocab, d) as readout.
+                  transformer.wte.weight (vocab, d) as readout. A config that says the MLP is gated
+                  ("gate": "silu", or true in the arXiv 2406.03947 code, where it is a ReLU) or not
+                  bilinear ("bilinear": false) is refused, as is a model without config.json, unless
+                  `allow_gated=True` (then only the bilinear part (W x) ⊙ (V x) is decomposed).
   bilinear-image  the published image classifiers: embed.weight (d, d_input), blocks.{i}.weight
                   (2d, d) packed, optional blocks.{i}.bias, head.weight (classes, d) as readout.
                   The blocks have no output projection (P = identity).
@@ -14,15 +19,18 @@ Only safetensors files are read (lazily: just the tensors asked for); pickled fo
                   lm_head.weight or the tied model.embed_tokens.weight as readout. Only
                   hidden_act "linear" is a bilinear layer; gated activations are refused unless
                   `allow_gated=True` (then the activation is dropped and (gate x) ⊙ (up x) is used).
-  plain           a safetensors file with w, v (h, d), optional p (o, h), w_bias, v_bias (h,).
+  plain           a file with w, v (h, d), optional p (o, h), w_bias, v_bias (h,).
 
-A sharded checkpoint (model.safetensors.index.json) is read shard by shard.
+A sharded checkpoint (model.safetensors.index.json, pytorch_model.bin.index.json) is read shard by
+shard; a folder holding models in subfolders (<repo>/<model-name>/config.json, as on the hub)
+names its choices.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +39,18 @@ import torch
 
 from .layer import BilinearLayer
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_SUFFIX = ".safetensors"
+# torch.save files, read with torch.load(weights_only=True) only
+TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# where training checkpoints keep the state dict
+STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 LAYOUTS = ("bilinear-lm", "bilinear-image", "llama", "plain")
 # activations under which gate_proj x ⊙ up_proj x is the layer itself
 LINEAR_ACTIVATIONS = ("linear", "identity", "none")
-# a safetensors header is JSON; anything bigger than this is not a header we will parse
-MAX_HEADER_BYTES = 100 * 2**20
+# the largest header the safetensors library reads (its MAX_HEADER_SIZE)
+MAX_HEADER_BYTES = 100_000_000
+# config.json and index files are small; anything bigger is not one
+MAX_JSON_BYTES = 64 * 2**20
 
 
 class CheckpointError(ValueError):
@@ -84,14 +98,20 @@ class LoadedLayer:
 def load_layer(path, layer: int | None = None, *, allow_gated: bool = False,
                fold_embedding: bool = False, fold_norms: bool = False,
                device=None, dtype=None) -> LoadedLayer:
-    """Load bilinear layer `layer` of the checkpoint at `path` (a directory or a .safetensors file).
+    """Load bilinear layer `layer` of the checkpoint at `path` (a directory, a weights file or an
+    index).
 
-    allow_gated     accept a gated (SiLU, GELU...) Llama-style MLP and decompose its bilinear part
-                    (gate x) ⊙ (up x); that is not the function the model computes
+    allow_gated     accept a gated (SiLU, GELU, ReLU...) MLP — a Llama-style one, a bilinear LM
+                    whose config gives a gate, or one without config.json to say — and decompose
+                    its bilinear part (gate x) ⊙ (up x), (W x) ⊙ (V x); a note says so, since that
+                    is not the function the model computes
     fold_embedding  image models, layer 0: fold embed.weight into W and V, so the layer acts on
                     the raw input (pixels) instead of the embedding
-    fold_norms      language models: fold the RMSNorm gain before the MLP into W and V, and the
-                    final norm's gain into the readout rows (the published analyses do this)
+    fold_norms      language models: fold the gain of the norm before the MLP into W and V, and the
+                    final norm's gain into the readout rows, so the layer acts on the normalized
+                    (unscaled) residual stream; the research code's own model classes offer the same
+                    as fold_norms(). A norm with a non-zero bias is refused (folding a bias is not a
+                    pure gain); a norm without parameters makes folding the identity, and a note says so
     device, dtype   where and in which float dtype to put the weights (default: as stored, on CPU)
     """
     source = open_checkpoint(path)
@@ -104,6 +124,7 @@ def load_layer(path, layer: int | None = None, *, allow_gated: bool = False,
         raise CheckpointError(f"fold_norms applies to language models; {source.name} is a {layout} checkpoint")
     loaded = loader(source, layer, allow_gated=allow_gated, fold_embedding=fold_embedding,
                     fold_norms=fold_norms)
+    loaded.notes[:0] = source.notes
     if device is not None or dtype is not None:
         dtype = _float_dtype(dtype)
         loaded.layer = loaded.layer.to(device=device, dtype=dtype)
@@ -137,14 +158,21 @@ def file_sha256(path) -> str:
 # -- reading files ---------------------------------------------------------------------------
 
 class TensorSource:
-    """Named tensors of one checkpoint (one file or several shards), read one at a time."""
+    """Named tensors of one checkpoint (one file or several shards), read one at a time.
 
-    def __init__(self, name: str, weight_map: dict[str, Path], config: dict, files: list[Path]):
+    Safetensors files are read lazily (only the tensors asked for); torch.save files are read
+    once, whole, by torch.load(weights_only=True) and kept while the source lives."""
+
+    def __init__(self, name: str, weight_map: dict[str, Path], config: dict, files: list[Path],
+                 notes: list[str] | None = None, loaded: dict[Path, dict] | None = None):
         self.name = name  # how the checkpoint is called in messages
         self.weight_map = weight_map
         self.config = config
         self.files = files  # config / index files, then the weight files
+        self.notes = list(notes or [])  # what opening the checkpoint decided, for the user
         self.read: set[Path] = set()  # weight files a tensor was read from
+        self._state_dicts: dict[Path, dict] = dict(loaded or {})  # torch.save files, loaded once
+        self._torch_files = {f for f in set(weight_map.values()) if _file_format(f) == "torch"}
 
     def files_read(self) -> list[Path]:
         """The config and index files and the weight files actually read: what identifies the
@@ -160,8 +188,16 @@ class TensorSource:
         return name in self.weight_map
 
     def shape(self, name: str) -> tuple[int, ...]:
-        with _safe_open(self.weight_map[name]) as f:
-            return tuple(f.get_slice(name).get_shape())
+        path = self.weight_map[name]
+        if path in self._torch_files:
+            return tuple(self._state_dict(path)[name].shape)
+        try:
+            with _safe_open(path) as f:
+                return tuple(f.get_slice(name).get_shape())
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. an index that lists a tensor its shard lacks
+            raise CheckpointError(f"could not read tensor {name!r} from {path}: {_one_line(err)}") from None
 
     def get(self, name: str, expected: tuple | None = None, why: str = "") -> torch.Tensor:
         """The tensor `name`, checked against `expected` (None entries match any size)."""
@@ -173,14 +209,18 @@ class TensorSource:
                                      any(e is not None and e != s for e, s in zip(expected, shape))):
             raise CheckpointError(f"tensor {name!r} in {self.name} has shape {_fmt_shape(shape)}; "
                                   f"expected {_fmt_shape(expected)}{why}")
-        try:
-            with _safe_open(self.weight_map[name]) as f:
-                t = f.get_tensor(name)
-            self.read.add(self.weight_map[name])
-        except CheckpointError:
-            raise
-        except Exception as err:  # noqa: BLE001 - the library's errors name no file
-            raise CheckpointError(f"could not read tensor {name!r} from {self.weight_map[name]}: {err}") from None
+        path = self.weight_map[name]
+        if path in self._torch_files:
+            t = self._state_dict(path)[name]
+        else:
+            try:
+                with _safe_open(path) as f:
+                    t = f.get_tensor(name)
+            except CheckpointError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the library's errors name no file
+                raise CheckpointError(f"could not read tensor {name!r} from {path}: {_one_line(err)}") from None
+        self.read.add(path)
         if not t.is_floating_point():
             raise CheckpointError(f"tensor {name!r} in {self.name} has dtype {t.dtype}; expected a floating-point weight")
         return t
@@ -188,112 +228,257 @@ class TensorSource:
     def optional(self, name: str, expected: tuple | None = None, why: str = "") -> torch.Tensor | None:
         return self.get(name, expected, why) if name in self.weight_map else None
 
+    def _state_dict(self, path: Path) -> dict:
+        if path not in self._state_dicts:
+            self._state_dicts[path], _ = load_torch_state_dict(path)
+        return self._state_dicts[path]
+
 
 def open_checkpoint(path) -> TensorSource:
-    """Find the config and safetensors files of a checkpoint directory or file, refusing pickles."""
+    """Find the config and weight files of a checkpoint directory or file.
+
+    Weights are safetensors files, or torch.save files (.pt, .bin, ...) read only through
+    torch.load(weights_only=True), which refuses anything but tensors and plain containers; a
+    pickle is never fully unpickled."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         return _open_directory(path)
+    _require_regular_file(path, "checkpoint")
     if path.name.endswith(".index.json"):
         return _open_sharded(path, _read_config(path.parent))
     if path.suffix == ".json":
         return _open_directory(path.parent)
-    _refuse_pickle(path)
-    _check_safetensors(path)
     config_path = path.parent / "config.json"
-    config = _read_config(path.parent) if path.name == "model.safetensors" or config_path.exists() else {}
+    is_model_file = path.name in ("model.safetensors", "pytorch_model.bin")
+    config = _read_config(path.parent) if is_model_file or config_path.exists() else {}
     files = ([config_path] if config else []) + [path]
-    return TensorSource(str(path), {n: path for n in _safetensors_names(path)}, config, files)
+    names, notes, loaded = _weight_names(path)
+    return TensorSource(str(path), {n: path for n in names}, config, files, notes, loaded)
 
 
 def _open_directory(path: Path) -> TensorSource:
     config = _read_config(path)
+    config_files = [path / "config.json"] if (path / "config.json").exists() else []
+    # the standard names first (safetensors before pickles), then a single weights file of any name
     if (path / "model.safetensors").exists():
         weights = path / "model.safetensors"
     elif (path / "model.safetensors.index.json").exists():
         return _open_sharded(path / "model.safetensors.index.json", config)
+    elif (path / "pytorch_model.bin").exists():
+        weights = path / "pytorch_model.bin"
+    elif (path / "pytorch_model.bin.index.json").exists():
+        return _open_sharded(path / "pytorch_model.bin.index.json", config)
+    elif candidates := sorted(p for p in path.iterdir() if p.suffix in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)):
+        if len(candidates) > 1:
+            raise CheckpointError(f"{path} holds several weight files ({', '.join(p.name for p in candidates)}) "
+                                  "and no model.safetensors or pytorch_model.bin; pass the file to use")
+        weights = candidates[0]
     else:
-        candidates = sorted(path.glob("*.safetensors"))
-        if len(candidates) == 1:
-            weights = candidates[0]
-        else:
-            pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-            if candidates:
-                raise CheckpointError(f"{path} holds several .safetensors files ({', '.join(p.name for p in candidates)}) "
-                                      "and no model.safetensors; pass the file to use")
-            if pickles:
-                raise CheckpointError(f"{path} has no safetensors weights, only {', '.join(pickles)}: pickled files "
-                                      "are never loaded (unpickling can run arbitrary code); convert the checkpoint "
-                                      "to safetensors first")
-            raise CheckpointNotFoundError(f"no model.safetensors (or other .safetensors file) in {path}")
-    _check_safetensors(weights)
-    files = ([path / "config.json"] if (path / "config.json").exists() else []) + [weights]
-    return TensorSource(str(path), {n: weights for n in _safetensors_names(weights)}, config, files)
+        return _open_model_subfolder(path)
+    _require_regular_file(weights, "weights file")
+    names, notes, loaded = _weight_names(weights)
+    return TensorSource(str(path), {n: weights for n in names}, config, config_files + [weights], notes, loaded)
+
+
+def _open_model_subfolder(path: Path) -> TensorSource:
+    """A folder that holds models in subfolders, as repositories on the hub lay them out
+    (<repo>/<model-name>/config.json): the only one, else a list of the choices."""
+    models = sorted(p for p in path.iterdir() if p.is_dir() and _looks_like_model(p))
+    if len(models) == 1:
+        source = _open_directory(models[0])
+        source.notes.insert(0, f"{path} holds one model, in its subfolder {models[0].name}: reading that")
+        return source
+    if models:
+        shown = ", ".join(str(m) for m in models[:20]) + (", ..." if len(models) > 20 else "")
+        raise CheckpointError(f"{path} holds {len(models)} models in subfolders; pass the one to decompose: {shown}")
+    raise CheckpointNotFoundError(f"no weights in {path}: expected model.safetensors (or another .safetensors "
+                                  "file), a sharded index, pytorch_model.bin / a .pt file, or subfolders holding models")
+
+
+def _looks_like_model(folder: Path) -> bool:
+    try:
+        return any(p.name == "config.json" or p.suffix in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
+                   for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _open_sharded(index_path: Path, config: dict) -> TensorSource:
+    _require_regular_file(index_path, "index")
     try:
-        index = json.loads(index_path.read_text())
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index_path} is not a valid safetensors index ({err})") from None
+        index = json.loads(_read_small_text(index_path))
+    except RecursionError:
+        raise CheckpointError(f"{index_path} is not a valid index: its JSON is nested too deeply") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{index_path} is not a valid index ({_one_line(err)})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path} is not a valid index: it needs a \"weight_map\" object mapping "
+                              "each tensor name to the file that holds it")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard:
+            raise CheckpointError(f"{index_path} is not a valid index: its weight_map gives {shard!r} for tensor "
+                                  f"{name!r}; expected the name of a file in {index_path.parent}")
     shards = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
         if not shard_path.exists():
             raise CheckpointNotFoundError(f"shard {shard} listed in {index_path} is missing")
-        _refuse_pickle(shard_path)
-        _check_safetensors(shard_path)
+        _require_regular_file(shard_path, "shard")
+        if _file_format(shard_path) == "safetensors":
+            _check_safetensors(shard_path)
         shards[shard] = shard_path
     config_path = index_path.parent / "config.json"
     files = ([config_path] if config_path.exists() else []) + [index_path] + list(shards.values())
-    return TensorSource(str(index_path.parent), {n: shards[s] for n, s in weight_map.items()}, config, files)
+    notes = ([f"{index_path.name}: shards read with torch.load(weights_only=True)"]
+             if any(_file_format(p) == "torch" for p in shards.values()) else [])
+    return TensorSource(str(index_path.parent), {n: shards[s] for n, s in weight_map.items()}, config, files, notes)
 
 
 def _read_config(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.exists():
         return {}
+    _require_regular_file(path, "config")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(_read_small_text(path))
+    except RecursionError:
+        raise CheckpointError(f"{path} is not valid JSON for a config: it is nested too deeply") from None
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+        raise CheckpointError(f"{path} is not valid JSON ({_one_line(err)})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
     return config
 
 
-def _refuse_pickle(path: Path) -> None:
-    """Refuse pickled formats by name, before anything is read."""
-    if path.suffix in PICKLE_SUFFIXES:
-        raise CheckpointError(_pickle_message(path, path.suffix))
+def _read_small_text(path: Path) -> str:
+    """A JSON file's text; configs and indexes are kilobytes to a few megabytes, so anything past
+    MAX_JSON_BYTES is not one (and is not read into memory)."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path} is {size} bytes; a config or index file is at most {MAX_JSON_BYTES} bytes")
+    return path.read_text(encoding="utf-8")
 
 
-def _pickle_message(path: Path, what: str) -> str:
-    return (f"{path} is a pickled checkpoint ({what}); it is never loaded, because unpickling can run "
-            "arbitrary code. Convert it to safetensors first (e.g. safetensors.torch.save_file(state_dict, "
-            "'model.safetensors') in a trusted environment)")
+def _require_regular_file(path: Path, what: str) -> None:
+    """Refuse FIFOs, devices and sockets before anything opens them (opening a FIFO blocks)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise CheckpointError(f"cannot read the {what} {path}: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+        raise CheckpointError(f"the {what} {path} is {kind}; expected a regular file")
+
+
+def _file_format(path: Path) -> str:
+    """'safetensors' or 'torch' (a torch.save file: a zip archive or a legacy pickle), from the
+    name and the first bytes."""
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return "safetensors"
+    if path.suffix in TORCH_SUFFIXES:
+        return "torch"
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return "torch" if _is_zip(head) or _is_pickle(head) else "safetensors"
+
+
+def _weight_names(path: Path) -> tuple[list[str], list[str], dict[Path, dict]]:
+    """The tensor names in a weights file, notes on how it was read, and a torch.save file's
+    tensors (read whole once, so they are kept rather than read again)."""
+    if _file_format(path) == "torch":
+        tensors, notes = load_torch_state_dict(path)
+        return list(tensors), [f"{path.name} read with torch.load(weights_only=True)", *notes], {path: tensors}
+    _check_safetensors(path)
+    return _safetensors_names(path), [], {}
+
+
+def load_torch_state_dict(path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The named tensors of a torch.save file, through torch.load(weights_only=True) only: it
+    refuses every object but tensors and plain containers, so nothing in the file runs. A dict
+    holding the state dict under "state_dict" or "model" (training checkpoints) is unwrapped."""
+    import pickle
+    import warnings
+
+    path = Path(path)
+    _require_regular_file(path, "weights file")
+    with open(path, "rb") as f:
+        zipped = _is_zip(f.read(4))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error says enough
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: torch.load(weights_only=True) refused it ({_weights_only_reason(err)}). Only tensors and "
+            "plain containers are read, and the file is never fully unpickled, because unpickling can run "
+            "arbitrary code. In a trusted environment, save its state_dict() with torch.save, or convert it "
+            "with safetensors.torch.save_file") from None
+    except Exception as err:  # noqa: BLE001 - corrupt zips, truncated files, wrong formats
+        raise CheckpointError(f"{path} could not be read by torch.load(weights_only=True): {_one_line(err)}") from None
+    return _state_dict_of(obj, path)
+
+
+def _state_dict_of(obj, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    def named_tensors(d):
+        return isinstance(d, dict) and bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in d.items())
+
+    if named_tensors(obj):
+        return dict(obj), []
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if named_tensors(obj.get(key)):
+                return dict(obj[key]), [f"{path.name}: using the state dict under its {key!r} entry"]
+        keys = ", ".join(map(repr, list(obj)[:8])) + (", ..." if len(obj) > 8 else "")
+        raise CheckpointError(f"{path} holds a dict that is not a state dict of named tensors (keys: {keys or 'none'}); "
+                              f"expected {{name: tensor}}, or one under {' or '.join(map(repr, STATE_DICT_KEYS))}")
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of named tensors")
+
+
+def _weights_only_reason(err: Exception) -> str:
+    """The informative sentence of torch's long weights_only message (which global or opcode)."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\.$|\n\s*\n|$)", text, flags=re.S)
+    if found and found.group(1).strip():
+        return " ".join(found.group(1).split())
+    skip = ("weights only load failed", "(1)", "(2)", "please file an issue", "check the documentation")
+    kept = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().lower().startswith(skip)]
+    return " ".join(" ".join(kept).split()).rstrip(".") or "it holds objects other than tensors"
+
+
+def _is_zip(head: bytes) -> bool:
+    return head[:4] == b"PK\x03\x04"
+
+
+def _is_pickle(head: bytes) -> bool:
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 def _check_safetensors(path: Path) -> None:
     """A clear error for a file that is not safetensors, before the library's own; pickles by
     content are named as such. (Checked in this order because a valid header length can begin
     with the pickle opcode byte 0x80.)"""
+    _require_regular_file(path, "weights file")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9:
         (n,) = struct.unpack("<Q", head[:8])
-        if n <= min(size - 8, MAX_HEADER_BYTES) and head[8:9] == b"{":
+        if n <= size - 8 and head[8:9] == b"{":
+            if n > MAX_HEADER_BYTES:
+                raise CheckpointError(
+                    f"{path} has a safetensors header of {n} bytes; the safetensors library reads headers of at "
+                    f"most {MAX_HEADER_BYTES} bytes, so its tensors cannot be read. Save it again with less "
+                    "metadata (the header holds the tensor names and the file's metadata)")
             return
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise CheckpointError(_pickle_message(path, "pickle data"))
-    if head[:4] == b"PK\x03\x04":
-        raise CheckpointError(_pickle_message(path, "a zip archive, as torch.save writes"))
+    if _is_pickle(head) or _is_zip(head):
+        what = "a zip archive" if _is_zip(head) else "pickle data"
+        raise CheckpointError(f"{path} is named .safetensors but holds {what}, "
+                              "as torch.save writes; rename it to .pt to read it with torch.load(weights_only=True)")
     detail = f"only {size} bytes" if size < 9 else "corrupt or truncated header"
     raise CheckpointError(f"{path} is not a valid safetensors file ({detail})")
 
@@ -305,7 +490,7 @@ def _safetensors_names(path: Path) -> list[str]:
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path} is not a valid safetensors file ({err})") from None
+        raise CheckpointError(f"{path} is not a valid safetensors file ({_one_line(err)})") from None
 
 
 def _safe_open(path: Path):
@@ -314,7 +499,11 @@ def _safe_open(path: Path):
     try:
         return safe_open(str(path), framework="pt")
     except Exception as err:  # noqa: BLE001 - corrupt headers, truncated data
-        raise CheckpointError(f"{path} is not a valid safetensors file ({err})") from None
+        raise CheckpointError(f"{path} is not a valid safetensors file ({_one_line(err)})") from None
+
+
+def _one_line(err) -> str:
+    return " ".join(str(err).split())
 
 
 # -- layouts ---------------------------------------------------------------------------------
@@ -328,9 +517,12 @@ _PATTERNS = {
 
 def detect_layout(source: TensorSource) -> str:
     names = source.names
-    for layout, pattern in _PATTERNS.items():
-        if any(pattern.match(n) for n in names):
-            return layout
+    found = [layout for layout, pattern in _PATTERNS.items() if any(pattern.match(n) for n in names)]
+    if len(found) > 1:
+        raise CheckpointError(f"{source.name} holds the tensors of several layouts ({', '.join(found)}), so which "
+                              "layer to decompose is ambiguous; save the model's weights on their own")
+    if found:
+        return found[0]
     if "w" in source and "v" in source:
         return "plain"
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
@@ -378,20 +570,100 @@ def _load_bilinear_lm(source, index, *, allow_gated, fold_embedding, fold_norms)
     n_layers = _layer_count(source, "bilinear-lm", "n_layer")
     i = _layer_index(index, n_layers, source)
     prefix = f"transformer.h.{i}.mlp"
+    notes = []
+    _check_bilinear_lm_gate(source, prefix, allow_gated, notes)
     h, d = _packed_shapes(source, f"{prefix}.w.weight", _cfg_int(cfg, "d_model"), _cfg_int(cfg, "d_hidden"))
     w = source.get(f"{prefix}.w.weight", (2 * h, d))
     p_name = f"{prefix}.p.weight" if f"{prefix}.p.weight" in source or f"{prefix}.o.weight" not in source else f"{prefix}.o.weight"
     p = source.get(p_name, (d, h))
     bias = source.optional(f"{prefix}.w.bias", (2 * h,))
-    notes = []
     if f"{prefix}.p.bias" in source:
         notes.append(f"{prefix}.p.bias adds a constant to the output; it is not part of the quadratic form")
+    final = None
     if fold_norms:
-        w = _fold_input_norm(source, w, f"transformer.h.{i}.n2.weight", d, notes)
+        gain, _ = _norm_gain(source, f"transformer.h.{i}.n2", d, notes)
+        if gain is not None:
+            w = w * gain
+        final = _norm_gain(source, "transformer.n_f", d, notes, readout=True)
     layer = BilinearLayer.from_packed(w, p, bias)
-    readout, readout_name = _unembedding(source, ("lm_head.weight", "transformer.wte.weight"), d,
-                                         "transformer.n_f.weight" if fold_norms else None, notes)
+    readout, readout_name = _unembedding(source, ("lm_head.weight", "transformer.wte.weight"), d, final, notes)
     return LoadedLayer(layer, "bilinear-lm", i, n_layers, readout, readout_name, notes=notes, config=cfg)
+
+
+# the activation the 2406.03947 code applies when its config says "gate": true
+_SNAPSHOT_BOOL_GATE = "relu"
+# the early "mlp" config field of that code: "blp" bilinear, "glp" GELU-gated, "mlp" a plain GELU MLP
+_SNAPSHOT_MLP_KINDS = {"blp": None, "glp": "gelu"}
+
+
+def _check_bilinear_lm_gate(source, prefix, allow_gated, notes) -> None:
+    """Refuse an MLP that its config says is not bilinear: gated ("gate": an activation name, or
+    true), a plain MLP ("bilinear": false), or one without config that could be either. With
+    allow_gated a gated MLP is read and the note says that only its bilinear part is decomposed."""
+    cfg = source.config
+    kind = cfg.get("mlp")
+    if cfg.get("bilinear") is False or (isinstance(kind, str) and kind not in _SNAPSHOT_MLP_KINDS):
+        said = '"bilinear": false' if cfg.get("bilinear") is False else f'"mlp": {kind!r}'
+        raise CheckpointError(
+            f"{source.name}: config.json says {said}, so {prefix} computes act(W x) with a single projection: "
+            "it has no bilinear part to decompose (allow_gated does not change that)")
+    gate = cfg.get("gate")
+    if gate is True:
+        gate = _SNAPSHOT_BOOL_GATE
+    elif gate is False or gate is None:
+        gate = _SNAPSHOT_MLP_KINDS.get(kind) if isinstance(kind, str) else None
+    if not cfg:
+        why, verb, computes = ("there is no config.json to say whether the MLP is gated", "may compute",
+                               "act(W x) ⊙ (V x) for some activation")
+    elif gate is not None:
+        said = (f'"gate": {json.dumps(cfg["gate"])}' if cfg.get("gate") not in (None, False)
+                else f'"mlp": {json.dumps(kind)}')
+        why, verb, computes = f"config.json gives {said}", "computes", f"{gate}(W x) ⊙ (V x)"
+    else:
+        if "gate" not in cfg and "bilinear" not in cfg and "mlp" not in cfg:
+            notes.append(f"{source.name}: config.json does not say whether the MLP is gated (no \"gate\" or "
+                         "\"bilinear\"); read as bilinear")
+        return
+    bilinear_part = f"the bilinear part (W x) ⊙ (V x) of {prefix} (W, V: the halves of {prefix}.w.weight)"
+    if not allow_gated:
+        raise CheckpointError(
+            f"{source.name}: {why}, so {prefix} {verb} {computes}, which is not a quadratic form in x: its "
+            f"eigendecomposition would not explain the layer. To decompose {bilinear_part} anyway, pass "
+            "allow_gated=True (--allow-gated)")
+    notes.append(f"{why}: decomposing only {bilinear_part}, with the activation removed; the model {verb} "
+                 f"{computes}, which this does not explain")
+
+
+def _norm_gain(source, norm, d, notes, *, readout=False) -> tuple[torch.Tensor | None, str | None]:
+    """The gain of the norm module `norm` (e.g. transformer.h.0.n2) to fold and its name:
+    `norm.norm.weight` (the 2406.03947 checkpoints, whose norm wraps an RMSNorm) or `norm.weight`
+    (older research code). (None, None), with a note,
+    when the norm has no parameters (the later models' RMSNorm): folding is then the identity.
+    A non-zero bias is refused: it adds a constant after the gain, which no gain can fold."""
+    where = "the unembedding rows" if readout else "W and V"
+    for bias_name in (f"{norm}.norm.bias", f"{norm}.bias"):
+        if bias_name in source:
+            bias = source.get(bias_name, (d,), " (the norm's bias)")
+            if bool((bias != 0).any()):
+                raise CheckpointError(
+                    f"fold_norms: {bias_name} is not zero (largest |entry| {float(bias.abs().max()):.3g}): that norm "
+                    "adds a constant after its gain, so folding it is not a pure gain. Decompose without fold_norms "
+                    "(the layer then acts on the norm's output)")
+    gains = [n for n in (f"{norm}.norm.weight", f"{norm}.weight") if n in source]
+    if len(gains) > 1:
+        raise CheckpointError(f"fold_norms: {source.name} holds both {gains[0]} and {gains[1]}; which is the gain is ambiguous")
+    if gains:
+        gain = source.get(gains[0], (d,), " (the norm gain to fold)")
+        notes.append(f"{gains[0]} folded into {where}")
+        return gain, gains[0]
+    unknown = [n for n in source.names if n.startswith(norm + ".")]
+    if unknown:
+        raise CheckpointError(f"fold_norms: {norm} holds {', '.join(unknown)}, but no gain named {norm}.norm.weight "
+                              f"or {norm}.weight; it is not a norm this loader can fold")
+    normalization = source.config.get("normalization", True)
+    what = "the model has no normalization" if normalization in (None, False, "none") else "its RMSNorm has no parameters"
+    notes.append(f"fold_norms: {norm} has no gain in {source.name} ({what}), so folding it into {where} is the identity")
+    return None, None
 
 
 def _load_bilinear_image(source, index, *, allow_gated, fold_embedding, fold_norms) -> LoadedLayer:
@@ -403,6 +675,10 @@ def _load_bilinear_image(source, index, *, allow_gated, fold_embedding, fold_nor
     w = source.get(f"blocks.{i}.weight", (2 * h, d))
     bias = source.optional(f"blocks.{i}.bias", (2 * h,))
     notes = []
+    if not cfg:
+        notes.append(f"{source.name} has no config.json: read as a bilinear image model from its tensor names "
+                     f"(blocks.{{i}}.weight), block {i} as (W x) ⊙ (V x) with no output projection, sizes from "
+                     "the tensor shapes")
     if fold_embedding:
         if i != 0:
             raise CheckpointError(f"fold_embedding needs layer 0 (the block that reads the embedding), got layer {i}")
@@ -446,13 +722,15 @@ def _load_llama(source, index, *, allow_gated, fold_embedding, fold_norms) -> Lo
     v_bias = source.optional(f"{prefix}.up_proj.bias", (h,))
     if f"{prefix}.down_proj.bias" in source:
         notes.append(f"{prefix}.down_proj.bias adds a constant to the output; it is not part of the quadratic form")
+    final = None
     if fold_norms:
         gain = source.get(f"model.layers.{i}.post_attention_layernorm.weight", (d,), " (the norm gain to fold)")
         w, v = w * gain, v * gain
         notes.append(f"model.layers.{i}.post_attention_layernorm.weight folded into W and V")
+        final = (source.get("model.norm.weight", (d,), " (the final norm gain to fold)"), "model.norm.weight")
+        notes.append("model.norm.weight folded into the unembedding rows")
     layer = BilinearLayer(w, v, p, w_bias, v_bias)
-    readout, readout_name = _unembedding(source, ("lm_head.weight", "model.embed_tokens.weight"), d,
-                                         "model.norm.weight" if fold_norms else None, notes)
+    readout, readout_name = _unembedding(source, ("lm_head.weight", "model.embed_tokens.weight"), d, final, notes)
     return LoadedLayer(layer, "llama", i, n_layers, readout, readout_name, notes=notes, config=cfg)
 
 
@@ -471,25 +749,16 @@ def _load_plain(source, index, *, allow_gated, fold_embedding, fold_norms) -> Lo
     return LoadedLayer(layer, "plain", None, 1, None, None, config=source.config)
 
 
-def _fold_input_norm(source, packed_w, name, d, notes):
-    gain = source.get(name, (d,), " (the norm gain to fold)")
-    notes.append(f"{name} folded into W and V")
-    return packed_w * gain
-
-
-def _unembedding(source, names, d, final_norm, notes):
+def _unembedding(source, names, d, final, notes):
     """The first of `names` present, as readout rows (vocab, d), with the final norm's gain folded
-    in when `final_norm` names it."""
+    in when `final` = (gain, its name) gives one."""
     for name in names:
         if name in source:
             rows = source.get(name, (None, d))
             if name != names[0]:
                 notes.append(f"no {names[0]}: using the tied {name} as unembedding")
-            if final_norm is not None:
-                gain = source.get(final_norm, (d,), " (the final norm gain to fold)")
-                rows = rows * gain
-                notes.append(f"{final_norm} folded into the unembedding rows")
-                return rows, f"{name} * {final_norm}"
+            if final is not None and final[0] is not None:
+                return rows * final[0], f"{name} * {final[1]}"
             return rows, name
     return None, None
 

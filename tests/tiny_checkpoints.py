@@ -29,27 +29,43 @@ def write_plain(path: Path, *, h=5, d=7, o=3, with_p=True, bias=False, seed=0) -
 
 
 def write_bilinear_lm(folder: Path, *, n_layer=2, d_model=8, d_hidden=6, n_vocab=11, bias=False,
-                      norms=True, lm_head=True, old_p_name=False, config=True, seed=1) -> dict:
-    """The published bilinear transformers' names (attention weights included, unused)."""
+                      norms="snapshot", lm_head=True, old_p_name=False, config=True, gate=None,
+                      bilinear=True, norm_bias=None, normalization=True, seed=1) -> dict:
+    """The published bilinear transformers' names (attention weights included, unused).
+
+    norms: "snapshot" the arXiv 2406.03947 checkpoints' n2.norm.weight / n2.norm.bias (zero) and
+    n_f.norm.weight / .norm.bias; "plain" n2.weight and n_f.weight (older research code); None the
+    later models, whose RMSNorm has no parameters. norm_bias: a tensor for the n2 norm's bias.
+    gate, bilinear, normalization: the config fields that say whether the MLP is gated / bilinear
+    and whether the model normalizes at all."""
     gen = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     t = {"transformer.wte.weight": _randn(gen, n_vocab, d_model)}
+    norm = {"snapshot": ".norm", "plain": ""}.get(norms)
     for i in range(n_layer):
         t[f"transformer.h.{i}.attn.qkv.weight"] = _randn(gen, 3 * d_model, d_model)
         t[f"transformer.h.{i}.mlp.w.weight"] = _randn(gen, 2 * d_hidden, d_model)
         t[f"transformer.h.{i}.mlp.{'o' if old_p_name else 'p'}.weight"] = _randn(gen, d_model, d_hidden)
         if bias:
             t[f"transformer.h.{i}.mlp.w.bias"] = _randn(gen, 2 * d_hidden)
-        if norms:
-            t[f"transformer.h.{i}.n2.weight"] = 1 + 0.1 * _randn(gen, d_model)
-    if norms:
-        t["transformer.n_f.weight"] = 1 + 0.1 * _randn(gen, d_model)
+        if norm is not None:
+            t[f"transformer.h.{i}.n1{norm}.weight"] = 1 + 0.1 * _randn(gen, d_model)
+            t[f"transformer.h.{i}.n2{norm}.weight"] = 1 + 0.1 * _randn(gen, d_model)
+            if norms == "snapshot":
+                t[f"transformer.h.{i}.n1.norm.bias"] = torch.zeros(d_model, dtype=torch.float64)
+                t[f"transformer.h.{i}.n2.norm.bias"] = (torch.zeros(d_model, dtype=torch.float64)
+                                                        if norm_bias is None else norm_bias.clone())
+    if norm is not None:
+        t[f"transformer.n_f{norm}.weight"] = 1 + 0.1 * _randn(gen, d_model)
+        if norms == "snapshot":
+            t["transformer.n_f.norm.bias"] = torch.zeros(d_model, dtype=torch.float64)
     if lm_head:
         t["lm_head.weight"] = _randn(gen, n_vocab, d_model)
     save_file(t, str(folder / "model.safetensors"))
     if config:
         (folder / "config.json").write_text(json.dumps(
-            {"n_layer": n_layer, "d_model": d_model, "d_hidden": d_hidden, "n_vocab": n_vocab, "mlp_bias": bias}))
+            {"n_layer": n_layer, "d_model": d_model, "d_hidden": d_hidden, "n_vocab": n_vocab, "bias": bias,
+             "bilinear": bilinear, "gate": gate, "normalization": normalization}))
     return t
 
 

@@ -28,7 +28,7 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ..cli import resolve_device
+    from ..pipeline import resolve_device
 
     dev = resolve_device(device)
     config = TrainingConfig(hidden=hidden, seed=seed)
