@@ -242,7 +242,7 @@ def bilinear_fused(x, w, v, p=None, w_bias=None, v_bias=None, *, use_kernel: boo
     """Forward of a bilinear layer on the fused kernel, differentiable: x (..., d) -> (..., o).
 
     Takes torch tensors on one CUDA device (or any device under TRITON_INTERPRET=1) in one of
-    float32, float16, bfloat16; `backends.bilinear_forward_kernel` decides when that holds.
+    float32, float16, bfloat16; `functional.bilinear_forward_kernel` decides when that holds.
     """
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension (..., d), got a scalar")
