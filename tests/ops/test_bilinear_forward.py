@@ -188,7 +188,7 @@ def test_fp32_dot_precision_follows_torch():
     saved = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
-        assert dot_precision(torch.float32) == "ieee" and dot_precision(torch.float16) is None
+        assert dot_precision(torch.float32) == "tf32x3" and dot_precision(torch.float16) is None
         torch.set_float32_matmul_precision("high")
         assert dot_precision(torch.float32) == "tf32"
         inputs = make_inputs(9, 20, 18, 5, torch.float32)
