@@ -10,6 +10,7 @@ computed in int32 (it would wrap past 2³¹ elements). Registers, spill stack an
 
     python -m bilinear_kernels.ops.compile_gate                      # check, print the table
     python -m bilinear_kernels.ops.compile_gate --write bilinear_kernels/ops/COMPILE_TABLE.md
+    python -m bilinear_kernels.ops.compile_gate --ieee     # fp32 without tensor cores, to compare
 
 Results are cached per case under ~/.cache/bilinear_kernels/compile-sm90 (or
 $BILINEAR_KERNELS_COMPILE_CACHE), keyed by the kernel sources, the case and the Triton version, so
@@ -38,6 +39,9 @@ SM90_ARCH = 90
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # (operand dtype, tl.dot precision): every pair a launch can reach (see _launch.dot_precision)
 MODES = [("fp32", "tf32x3"), ("fp32", "tf32"), ("fp16", None), ("bf16", None)]
+# For comparison only (--ieee): fp32 FMA without tensor cores, which no launch selects; compiled
+# with the configurations "highest" uses (tf32x3's).
+IEEE_MODE = ("fp32", "ieee")
 SASS_OPS = ("HGMMA", "HMMA", "FFMA", "LDL", "STL", "LDGSTS")
 I32_ADDPTR = re.compile(r"tt\.addptr [^\n]*, (?:tensor<[0-9x]+xi32>|i32)(?:\s|$)", re.MULTILINE)
 
@@ -78,8 +82,9 @@ def _modules():
     return {"forward": bilinear_forward, "backward": bilinear_forward, "interaction": interaction}
 
 
-def cases() -> list[Case]:
-    """Every (kernel, dtype, precision, configuration) the autotuner may launch on sm_90."""
+def cases(ieee: bool = False) -> list[Case]:
+    """Every (kernel, dtype, precision, configuration) the autotuner may launch on sm_90 (with
+    `ieee`, only the IEEE_MODE comparison cases)."""
     import torch
 
     from . import _launch
@@ -87,8 +92,8 @@ def cases() -> list[Case]:
     out = []
     for kernel, module in _modules().items():
         union = _launch.union_configs(module.GPU_CONFIGS)
-        for dtype, precision in MODES:
-            klass = _launch.precision_class(precision)
+        for dtype, precision in [IEEE_MODE] if ieee else MODES:
+            klass = "tf32x3" if precision == "ieee" else _launch.precision_class(precision)
             ids = {_launch.config_id(c) for c in _launch.class_configs(module.GPU_CONFIGS, klass)}
             itemsize = getattr(torch, DTYPES[dtype]).itemsize
             for c in _launch.prune_configs(union, ids, itemsize, module.shared_bytes, _launch.SM90_SHARED_MEMORY):
@@ -223,11 +228,11 @@ def _cached_measure(args) -> dict:
     return row
 
 
-def run(jobs: int | None = None, use_cache: bool = True) -> list[tuple[Case, dict, list[str]]]:
+def run(jobs: int | None = None, use_cache: bool = True, ieee: bool = False) -> list[tuple[Case, dict, list[str]]]:
     """Compile every case (in `jobs` processes), returning (case, row, problems) for each."""
     import triton
 
-    all_cases = cases()
+    all_cases = cases(ieee)
     sources = source_hash()
     directory = cache_dir()
     work = [(c, directory / f"{c.key(triton.__version__, sources)}.json" if use_cache else Path("/nonexistent/x"))
@@ -263,6 +268,8 @@ def render(results, triton_version: str) -> str:
         " | int32 offsets | compile s | status |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    if any(case.precision == "ieee" for case, _, _ in results):
+        lines[8:8] = ["- fp32-ieee: a comparison no launch selects, compiled with the configurations of fp32-tf32x3"]
     for case, row, found in results:
         if "error" in row:
             lines.append(f"| {row['kernel']} | {row['mode']} | {row['config']} | | | | | | | | | | "
@@ -288,6 +295,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     parser.add_argument("--jobs", type=int, default=None, help="compiling processes (default: one per core)")
     parser.add_argument("--no-cache", action="store_true", help="compile every case again")
+    parser.add_argument("--ieee", action="store_true",
+                        help="compile only the fp32 IEEE (no tensor core) cases, for comparison (slow: minutes each)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "").strip() not in ("", "0"):
         print("error: unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
@@ -298,7 +307,7 @@ def main(argv=None) -> int:
         print("error: triton is not installed", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    results = run(args.jobs, use_cache=not args.no_cache)
+    results = run(args.jobs, use_cache=not args.no_cache, ieee=args.ieee)
     table = render(results, triton.__version__)
     if args.write:
         args.write.write_text(table)
