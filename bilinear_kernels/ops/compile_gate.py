@@ -212,14 +212,14 @@ def cache_dir() -> Path:
 
 
 def _cached_measure(args) -> dict:
-    case, path = args
-    if path.is_file():
+    case, path = args  # path None: no cache
+    if path is not None and path.is_file():
         try:
             return dict(json.loads(path.read_text()), cached=True)
         except (OSError, ValueError):
             pass
     row = measure(case)
-    if "error" not in row:  # failures are retried, never remembered
+    if path is not None and "error" not in row:  # failures are retried, never remembered
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(row))
@@ -235,8 +235,7 @@ def run(jobs: int | None = None, use_cache: bool = True, ieee: bool = False) -> 
     all_cases = cases(ieee)
     sources = source_hash()
     directory = cache_dir()
-    work = [(c, directory / f"{c.key(triton.__version__, sources)}.json" if use_cache else Path("/nonexistent/x"))
-            for c in all_cases]
+    work = [(c, directory / f"{c.key(triton.__version__, sources)}.json" if use_cache else None) for c in all_cases]
     jobs = jobs or min(len(work), os.cpu_count() or 1)
     if jobs <= 1:
         rows = [_cached_measure(w) for w in work]
