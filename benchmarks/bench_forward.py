@@ -41,6 +41,8 @@ def parse_args():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile peers")
+    ap.add_argument("--matmul-precision", choices=("highest", "high"), default="highest",
+                    help="torch.set_float32_matmul_precision for every fp32 implementation (default: highest)")
     ap.add_argument("--out", default=None, help="results path without extension "
                     "(default on CUDA: benchmarks/results/forward_<device>)")
     return ap.parse_args()
@@ -186,7 +188,9 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_forward.py measures GPU kernels and needs a CUDA device; "
                          "use --device cpu for a smoke test at tiny sizes")
-    torch.set_float32_matmul_precision("highest")  # fp32 means fp32 for every implementation
+    # one fp32 precision for every implementation: "highest" (default) is fp32 accuracy everywhere,
+    # "high" lets torch and the kernels use TF32
+    torch.set_float32_matmul_precision(args.matmul_precision)
     shapes = [tuple(int(s) for s in item.split("x"))
               for item in (args.shapes or (GPU_SHAPES if args.device == "cuda" else CPU_SHAPES)).split(",")]
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]

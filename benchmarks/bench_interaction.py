@@ -46,6 +46,8 @@ def parse_args():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--max-memory", type=float, default=8.0, help="GiB of temporaries for the torch forms")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's fp32 peak")
+    ap.add_argument("--matmul-precision", choices=("highest", "high"), default="highest",
+                    help="torch.set_float32_matmul_precision for every fp32 implementation (default: highest)")
     ap.add_argument("--out", default=None, help="results path without extension "
                     "(default on CUDA: benchmarks/results/interaction_<device>)")
     return ap.parse_args()
@@ -168,7 +170,9 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_interaction.py measures GPU kernels and needs a CUDA device; "
                          "use --device cpu for a smoke test at tiny sizes")
-    torch.set_float32_matmul_precision("highest")  # TF32 off: fp32 means fp32 everywhere
+    # one fp32 precision for every implementation: "highest" (default) is fp32 accuracy everywhere,
+    # "high" lets torch and the kernels use TF32
+    torch.set_float32_matmul_precision(args.matmul_precision)
     shapes = [tuple(int(s) for s in item.split("x"))
               for item in (args.shapes or (GPU_SHAPES if args.device == "cuda" else CPU_SHAPES)).split(",")]
     env = environment(args.device)

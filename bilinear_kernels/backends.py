@@ -1,6 +1,7 @@
-"""What is available on this machine (Triton, the compiled extension, CuPy, devices) and which
-implementation each operation uses. Every fast path has a plain-torch twin chosen when the fast
-path does not support the inputs or is switched off.
+"""What is available on this machine (Triton, the compiled extension, CuPy, devices) and whether
+the Triton kernels can take given tensors. Which implementation an operation runs is decided next
+to the operation (functional.bilinear_forward_kernel, interaction.interaction_kernel), from these
+answers; this module imports none of the modules that dispatch, so imports only point down.
 
 Environment switches (set to 1):
   BILINEAR_KERNELS_DISABLE_TRITON     never use the Triton kernels
@@ -10,18 +11,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 
 import torch
 
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+from ._env import env_flag
 
 
 @functools.lru_cache(maxsize=None)
 def triton_version() -> str | None:
-    if _env_flag("BILINEAR_KERNELS_DISABLE_TRITON"):
+    if env_flag("BILINEAR_KERNELS_DISABLE_TRITON"):
         return None
     try:
         return importlib.import_module("triton").__version__
@@ -38,7 +36,7 @@ def cupy_version() -> str | None:
 
 
 def triton_interpreting() -> bool:
-    return _env_flag("TRITON_INTERPRET")
+    return env_flag("TRITON_INTERPRET")
 
 
 def extension_status() -> dict:
@@ -60,16 +58,6 @@ def backends() -> dict:
         "cupy": cupy_version(),
         "extension": extension_status(),
     }
-
-
-def interaction_kernel(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
-    """The function that builds Q for these inputs."""
-    fused = triton_interaction_kernel(w, v, c)
-    if fused is not None:
-        return fused
-    from .interaction import build_interaction_reference
-
-    return build_interaction_reference
 
 
 # -- Triton kernels (bilinear_kernels/ops) ---------------------------------------------------------
@@ -108,32 +96,3 @@ def triton_unsupported_reason(*tensors) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _cuda_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
-
-
-def bilinear_forward_kernel(x, w, v, p=None, w_bias=None, v_bias=None):
-    """The function that computes P((W x + a) ⊙ (V x + b)) for these torch tensors: the fused
-    Triton forward (differentiable) where it supports them, else `functional.bilinear_reference`.
-    Under autocast the reference runs, so the projections follow autocast's casting rules."""
-    if triton_unsupported_reason(x, w, v, p, w_bias, v_bias) is None and not _autocasting(x.device):
-        from .ops.bilinear_forward import bilinear_fused
-
-        return bilinear_fused
-    from .functional import bilinear_reference
-
-    return bilinear_reference
-
-
-def _autocasting(device: torch.device) -> bool:
-    try:
-        return torch.is_autocast_enabled(device.type)
-    except TypeError:  # torch < 2.4 takes no device type and answers for CUDA
-        return torch.is_autocast_enabled()
-
-
-def triton_interaction_kernel(w, v, c):
-    """The fused Triton builder of Q where it supports these tensors, else None."""
-    if triton_unsupported_reason(w, v, c) is None:
-        from .ops.interaction import build_interaction_triton
-
-        return build_interaction_triton
-    return None

@@ -19,7 +19,7 @@ import os
 import sys
 from types import ModuleType
 
-from .backends import _env_flag
+from ._env import env_flag
 
 DISABLE_SWITCH = "BILINEAR_KERNELS_DISABLE_EXTENSION"
 MODULE = "bilinear_kernels._C"
@@ -46,7 +46,7 @@ def _built() -> bool:
 @functools.lru_cache(maxsize=None)
 def _load() -> tuple[ModuleType | None, str | None]:
     """(module, None) or (None, why it is unavailable)."""
-    if _env_flag(DISABLE_SWITCH):
+    if env_flag(DISABLE_SWITCH):
         return None, f"disabled by {DISABLE_SWITCH}=1"
     if not _built():
         return None, ("not built (install with nvcc and the cuSOLVER headers available, or run "

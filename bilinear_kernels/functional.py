@@ -4,12 +4,31 @@ from __future__ import annotations
 import torch
 
 from ._arrays import as_tensor, framework_of, to_framework
+from .backends import triton_unsupported_reason
 
 
 def bilinear_reference(x, w, v, p=None, w_bias=None, v_bias=None):
     """Plain-torch forward on torch tensors: the oracle and fallback of every fused forward."""
     hidden = torch.nn.functional.linear(x, w, w_bias) * torch.nn.functional.linear(x, v, v_bias)
     return hidden if p is None else torch.nn.functional.linear(hidden, p)
+
+
+def bilinear_forward_kernel(x, w, v, p=None, w_bias=None, v_bias=None):
+    """The function that computes P((W x + a) ⊙ (V x + b)) for these torch tensors: the fused
+    Triton forward (differentiable) where it supports them, else `bilinear_reference`.
+    Under autocast the reference runs, so the projections follow autocast's casting rules."""
+    if triton_unsupported_reason(x, w, v, p, w_bias, v_bias) is None and not _autocasting(x.device):
+        from .ops.bilinear_forward import bilinear_fused
+
+        return bilinear_fused
+    return bilinear_reference
+
+
+def _autocasting(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4 takes no device type and answers for CUDA
+        return torch.is_autocast_enabled()
 
 
 def bilinear(x, w, v, p=None, w_bias=None, v_bias=None):
@@ -37,7 +56,5 @@ def bilinear(x, w, v, p=None, w_bias=None, v_bias=None):
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{name} {str(dt).replace('torch.', '')}" for name, dt in dtypes.items())
         raise TypeError(f"x and the weights must share one dtype, got {listed}; convert them first")
-    from .backends import bilinear_forward_kernel
-
     forward = bilinear_forward_kernel(x, w, v, p, w_bias, v_bias)
     return to_framework(forward(x, w, v, p, w_bias, v_bias), framework)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._arrays import to_framework, working_dtype
+from .backends import triton_unsupported_reason
 from .directions import Directions, parse_directions
 from .layer import BilinearLayer
 from .memory import budget_after_result, chunk_size, format_bytes, memory_budget
@@ -26,10 +27,18 @@ def build_interaction_reference(w: torch.Tensor, v: torch.Tensor, c: torch.Tenso
     return 0.5 * (g + g.mT)
 
 
+def interaction_kernel(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
+    """The function that builds Q for these inputs: the fused Triton kernel where it supports
+    them, else `build_interaction_reference`."""
+    if triton_unsupported_reason(w, v, c) is None:
+        from .ops.interaction import build_interaction_triton
+
+        return build_interaction_triton
+    return build_interaction_reference
+
+
 def build_interaction(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Q for coefficient rows c: the fastest available implementation for these inputs."""
-    from .backends import interaction_kernel
-
     return interaction_kernel(w, v, c)(w, v, c)
 
 

@@ -8,7 +8,7 @@ Parameters live in two sub-projections whose names say what they hold:
 `llama_to_packed` / `packed_to_llama` convert those state dicts from and to the Llama-style MLP
 names gate_proj (W), up_proj (V), down_proj (P).
 
-On CUDA the forward runs the fused kernel (`backends.bilinear_forward_kernel` decides). When a hook
+On CUDA the forward runs the fused kernel (`functional.bilinear_forward_kernel` decides). When a hook
 is attached to `in_proj` or `out_proj` (or a global module hook is set), the module runs the
 unfused path instead, calling both sub-projections, so hooks see the pre-activations [W x; V x]
 and the hidden product (the input of out_proj) exactly as in a plain implementation.
@@ -78,7 +78,7 @@ class Bilinear(nn.Module):
             raise ValueError(f"x must end in d_in = {self.d_in}, got x {tuple(x.shape)}")
         if self.hooks_attached():
             return self.forward_unfused(x)
-        from .backends import bilinear_forward_kernel
+        from .functional import bilinear_forward_kernel
 
         h = self.d_hidden
         bias = self.in_proj.bias

@@ -10,7 +10,7 @@ import bilinear_kernels as bk
 from bilinear_kernels.functional import bilinear_reference
 from bilinear_kernels.nn import Bilinear, llama_to_packed, packed_to_llama
 
-backends = importlib.import_module("bilinear_kernels.backends")  # the package exports a function of that name
+functional = importlib.import_module("bilinear_kernels.functional")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -150,7 +150,7 @@ def fused_calls(monkeypatch):
             return bilinear_fused(*inputs)
         return run
 
-    monkeypatch.setattr(backends, "bilinear_forward_kernel", choose)
+    monkeypatch.setattr(functional, "bilinear_forward_kernel", choose)
     return calls
 
 
@@ -214,4 +214,4 @@ def test_cuda_module_dispatches_to_the_kernel():
 
     module = make_module(d_in=64, d_hidden=128, d_out=32, device="cuda")
     x = torch.randn(16, 64, device="cuda")
-    assert backends.bilinear_forward_kernel(x, module.w, module.v, module.p) is bilinear_fused
+    assert functional.bilinear_forward_kernel(x, module.w, module.v, module.p) is bilinear_fused

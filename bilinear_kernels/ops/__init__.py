@@ -2,6 +2,8 @@
 backward, the autograd Function; the plain-torch twin each kernel is tested against (and falls
 back to) lives beside the operation it accelerates or in the same file.
 
-Nothing here is imported by the package at start-up: `backends.py` imports a kernel module only
-when it has chosen that kernel for CUDA inputs, so machines without Triton never touch it.
+Nothing here is imported by the package at start-up: the operation that dispatches to a kernel
+(`functional.bilinear_forward_kernel`, `interaction.interaction_kernel`) imports its module only
+when it has chosen that kernel for CUDA inputs, so machines without Triton never touch it. Kernel
+modules import only `_launch` and `backends` (what is available), never the modules above them.
 """

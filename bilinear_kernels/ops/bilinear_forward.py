@@ -23,22 +23,50 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import configs, dot_precision
+from ._launch import aligned_rows, configs, dot_precision, make_pruner
 
-_CONFIGS = configs(
-    gpu=[
+# Per precision class, what is worth tuning (COMPILE_TABLE.md has each one's registers, spills and
+# shared memory on sm_90): half and tf32 keep the tiles that fit in shared memory; tf32x3 keeps the
+# ones that compile without spilling (its three products per dot hold more registers).
+GPU_CONFIGS = {
+    "half": [
         dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
         dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
         dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
     ],
+    "tf32": [
+        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
+        dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
+        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    ],
+    "tf32x3": [
+        dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
+        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
+        dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    ],
+}
+_CONFIGS = configs(
+    GPU_CONFIGS,
     # small blocks so that tiny test shapes still span several tiles in every direction
     interpreter=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2),
 )
-# tuned per power-of-two bucket of the row count, so varying token counts do not re-tune each call
-_KEY = ["M_BUCKET", "N", "K"]
+# Tuned per power-of-two bucket of the row count, so varying token counts do not re-tune each
+# call, and per precision (the dtype of the operands is part of every autotune key already): a
+# configuration chosen under tf32x3 need not fit under tf32, whose tiles take more shared memory.
+_KEY = ["M_BUCKET", "N", "K", "PRECISION"]
+# The row count only bounds masks: specializing on its divisibility would only multiply compiles.
+_NOT_SPECIALIZED = ["M", "M_BUCKET"]
+
+
+def shared_bytes(config: triton.Config, itemsize: int) -> int:
+    """Shared memory of one block, an upper bound on sm_90 (COMPILE_TABLE.md checks it against the
+    compiler): num_stages buffers of the X tile and the W and V tiles, plus barriers."""
+    m, n, k = (config.kwargs[name] for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return config.num_stages * (m * k + 2 * k * n) * itemsize + 1024
+
+
+_PRUNE = {"early_config_prune": make_pruner(GPU_CONFIGS, shared_bytes, pointer="x_ptr")}
 
 
 @triton.jit
@@ -60,8 +88,9 @@ def _preactivations(x_ptr, w_ptr, v_ptr, wb_ptr, vb_ptr, offs_m, offs_n, M, N, K
                     stride_xm, stride_xk, stride_wn, stride_wk, stride_vn, stride_vk, stride_wb, stride_vb,
                     HAS_W_BIAS: tl.constexpr, HAS_V_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """fp32 tiles of X Wᵀ + a and X Vᵀ + b for rows offs_m and hidden units offs_n."""
-    offs_k = tl.arange(0, BLOCK_K)
+    """fp32 tiles of X Wᵀ + a and X Vᵀ + b for rows offs_m and hidden units offs_n. Every offset
+    is int64: a transposed X has stride_xk = n, and k · n passes 2³¹ on large inputs."""
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
     rows = offs_m.to(tl.int64)
     cols = offs_n.to(tl.int64)
     acc_w = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -82,8 +111,8 @@ def _preactivations(x_ptr, w_ptr, v_ptr, wb_ptr, vb_ptr, offs_m, offs_n, M, N, K
     return acc_w, acc_v
 
 
-@triton.autotune(configs=_CONFIGS, key=_KEY)
-@triton.jit
+@triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=_NOT_SPECIALIZED)
 def _hidden_kernel(x_ptr, w_ptr, v_ptr, wb_ptr, vb_ptr, h_ptr, M, N, K, M_BUCKET,
                    stride_xm, stride_xk, stride_wn, stride_wk, stride_vn, stride_vk, stride_wb, stride_vb,
                    stride_hm, stride_hn,
@@ -97,12 +126,12 @@ def _hidden_kernel(x_ptr, w_ptr, v_ptr, wb_ptr, vb_ptr, h_ptr, M, N, K, M_BUCKET
                            stride_xm, stride_xk, stride_wn, stride_wk, stride_vn, stride_vk, stride_wb, stride_vb,
                            HAS_W_BIAS, HAS_V_BIAS, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    out = h_ptr + offs_m.to(tl.int64)[:, None] * stride_hm + offs_n[None, :] * stride_hn
+    out = h_ptr + offs_m.to(tl.int64)[:, None] * stride_hm + offs_n.to(tl.int64)[None, :] * stride_hn
     tl.store(out, (a * b).to(h_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_CONFIGS, key=_KEY)
-@triton.jit
+@triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=_NOT_SPECIALIZED)
 def _hidden_grad_kernel(x_ptr, w_ptr, v_ptr, wb_ptr, vb_ptr, dh_ptr, g_ptr, h_ptr, M, N, K, M_BUCKET,
                         stride_xm, stride_xk, stride_wn, stride_wk, stride_vn, stride_vk, stride_wb, stride_vb,
                         stride_dm, stride_dn, stride_gm, stride_gn, stride_hm, stride_hn,
@@ -118,12 +147,13 @@ def _hidden_grad_kernel(x_ptr, w_ptr, v_ptr, wb_ptr, vb_ptr, dh_ptr, g_ptr, h_pt
                            HAS_W_BIAS, HAS_V_BIAS, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     rows = offs_m.to(tl.int64)[:, None]
-    dh = tl.load(dh_ptr + rows * stride_dm + offs_n[None, :] * stride_dn, mask=mask, other=0.0).to(tl.float32)
-    g = g_ptr + rows * stride_gm + offs_n[None, :] * stride_gn
-    tl.store(g, (dh * b).to(g_ptr.dtype.element_ty), mask=mask)  # pairs with W
-    tl.store(g + N * stride_gn, (dh * a).to(g_ptr.dtype.element_ty), mask=mask)  # pairs with V
+    cols = offs_n.to(tl.int64)[None, :]
+    dh = tl.load(dh_ptr + rows * stride_dm + cols * stride_dn, mask=mask, other=0.0).to(tl.float32)
+    g = g_ptr + rows * stride_gm
+    tl.store(g + cols * stride_gn, (dh * b).to(g_ptr.dtype.element_ty), mask=mask)  # pairs with W
+    tl.store(g + (cols + N) * stride_gn, (dh * a).to(g_ptr.dtype.element_ty), mask=mask)  # pairs with V
     if WRITE_HIDDEN:
-        out = h_ptr + rows * stride_hm + offs_n[None, :] * stride_hn
+        out = h_ptr + rows * stride_hm + cols * stride_hn
         tl.store(out, (a * b).to(h_ptr.dtype.element_ty), mask=mask)
 
 
@@ -150,6 +180,7 @@ def _check_operands(x, w, v, w_bias, v_bias):
 def bilinear_hidden_triton(x, w, v, w_bias=None, v_bias=None):
     """H = (x Wᵀ + a) ⊙ (x Vᵀ + b) for x (n, d), w and v (h, d): (n, h) in x's dtype, fp32 inside."""
     _check_operands(x, w, v, w_bias, v_bias)
+    x, w, v = aligned_rows(x), aligned_rows(w), aligned_rows(v)
     (M, K), N = x.shape, w.shape[0]
     hidden = torch.empty((M, N), dtype=x.dtype, device=x.device)
     _hidden_kernel[_grid(M, N)](
@@ -167,6 +198,7 @@ def bilinear_hidden_grad_triton(x, w, v, w_bias, v_bias, grad_hidden, want_hidde
     (M, K), N = x.shape, w.shape[0]
     if grad_hidden.shape != (M, N):
         raise ValueError(f"grad_hidden must be ({M}, {N}), got {tuple(grad_hidden.shape)}")
+    x, w, v, grad_hidden = aligned_rows(x), aligned_rows(w), aligned_rows(v), aligned_rows(grad_hidden)
     g = torch.empty((M, 2 * N), dtype=x.dtype, device=x.device)
     hidden = torch.empty((M, N), dtype=x.dtype, device=x.device) if want_hidden else None
     out = hidden if hidden is not None else g  # any valid pointer when H is not written
@@ -242,7 +274,7 @@ def bilinear_fused(x, w, v, p=None, w_bias=None, v_bias=None, *, use_kernel: boo
     """Forward of a bilinear layer on the fused kernel, differentiable: x (..., d) -> (..., o).
 
     Takes torch tensors on one CUDA device (or any device under TRITON_INTERPRET=1) in one of
-    float32, float16, bfloat16; `backends.bilinear_forward_kernel` decides when that holds.
+    float32, float16, bfloat16; `functional.bilinear_forward_kernel` decides when that holds.
     """
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension (..., d), got a scalar")

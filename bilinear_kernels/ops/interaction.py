@@ -20,18 +20,44 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import configs, dot_precision
+from ._launch import aligned_rows, configs, dot_precision, make_pruner
 
-_CONFIGS = configs(
-    gpu=[
+# Per precision class, what is worth tuning (COMPILE_TABLE.md has each one's registers, spills and
+# shared memory on sm_90): four (BLOCK_H, BLOCK_D) tiles are staged per step, so fp32 tiles are
+# kept to those that fit; tf32x3 keeps the ones that compile without spilling.
+GPU_CONFIGS = {
+    "half": [
         dict(BLOCK_D=128, BLOCK_H=32, num_warps=8, num_stages=3),
         dict(BLOCK_D=128, BLOCK_H=64, num_warps=8, num_stages=3),
         dict(BLOCK_D=64, BLOCK_H=64, num_warps=4, num_stages=4),
         dict(BLOCK_D=64, BLOCK_H=32, num_warps=4, num_stages=4),
+    ],
+    "tf32": [
+        dict(BLOCK_D=128, BLOCK_H=32, num_warps=8, num_stages=3),
+        dict(BLOCK_D=64, BLOCK_H=32, num_warps=4, num_stages=4),
         dict(BLOCK_D=32, BLOCK_H=64, num_warps=4, num_stages=3),
     ],
-    interpreter=dict(BLOCK_D=16, BLOCK_H=16),
-)
+    "tf32x3": [
+        dict(BLOCK_D=128, BLOCK_H=32, num_warps=8, num_stages=3),
+        dict(BLOCK_D=64, BLOCK_H=32, num_warps=4, num_stages=4),
+    ],
+}
+_CONFIGS = configs(GPU_CONFIGS, interpreter=dict(BLOCK_D=16, BLOCK_H=16))
+# Tuned per power-of-two bucket of the number of directions (a last, smaller chunk reuses the
+# choice), per shape, triangle and precision; the operand dtype is part of every key already.
+_KEY = ["B_BUCKET", "D", "H", "WRITE_UPPER", "WRITE_LOWER", "PRECISION"]
+# The number of directions only enters the program-id arithmetic: no specialization is worth a compile.
+_NOT_SPECIALIZED = ["B", "B_BUCKET"]
+
+
+def shared_bytes(config: triton.Config, itemsize: int) -> int:
+    """Shared memory of one block, an upper bound on sm_90 (COMPILE_TABLE.md checks it against the
+    compiler): num_stages buffers of the four W and V tiles, plus barriers."""
+    d, h = config.kwargs["BLOCK_D"], config.kwargs["BLOCK_H"]
+    return config.num_stages * 4 * d * h * itemsize + 1024
+
+
+_PRUNE = {"early_config_prune": make_pruner(GPU_CONFIGS, shared_bytes, pointer="w_ptr")}
 TRIANGLES = (None, "upper", "lower")
 
 
@@ -46,9 +72,9 @@ def _upper_tile(t):
     return t - j * (j + 1) // 2, j
 
 
-@triton.autotune(configs=_CONFIGS, key=["D", "H", "WRITE_UPPER", "WRITE_LOWER"])
-@triton.jit
-def _interaction_kernel(w_ptr, v_ptr, c_ptr, q_ptr, B, H, D,
+@triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)
+@triton.jit(do_not_specialize=_NOT_SPECIALIZED)
+def _interaction_kernel(w_ptr, v_ptr, c_ptr, q_ptr, B, H, D, B_BUCKET,
                         stride_wh, stride_wd, stride_vh, stride_vd, stride_cb, stride_ch,
                         stride_qb, stride_qi, stride_qj,
                         WRITE_UPPER: tl.constexpr, WRITE_LOWER: tl.constexpr, PRECISION: tl.constexpr,
@@ -58,7 +84,7 @@ def _interaction_kernel(w_ptr, v_ptr, c_ptr, q_ptr, B, H, D,
     tile_i, tile_j = _upper_tile(pid // B)
     offs_i = tile_i * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_j = tile_j * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_k = tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, BLOCK_H).to(tl.int64)  # int64 offsets: kk · stride_ch passes 2³¹ for a transposed c
     mask_i = offs_i[None, :] < D
     mask_j = offs_j[None, :] < D
     c_row = c_ptr + batch * stride_cb
@@ -67,7 +93,7 @@ def _interaction_kernel(w_ptr, v_ptr, c_ptr, q_ptr, B, H, D,
     for k0 in range(0, H, BLOCK_H):
         kk = k0 + offs_k
         k_in = kk[:, None] < H
-        rows = kk.to(tl.int64)[:, None]
+        rows = kk[:, None]
         w_i = tl.load(w_ptr + rows * stride_wh + offs_i[None, :] * stride_wd, mask=k_in & mask_i, other=0.0)
         v_i = tl.load(v_ptr + rows * stride_vh + offs_i[None, :] * stride_vd, mask=k_in & mask_i, other=0.0)
         w_j = tl.load(w_ptr + rows * stride_wh + offs_j[None, :] * stride_wd, mask=k_in & mask_j, other=0.0)
@@ -114,6 +140,7 @@ def build_interaction_triton(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor, 
     if triangle not in TRIANGLES:
         raise ValueError(f"triangle must be one of {TRIANGLES}, got {triangle!r}")
     (h, d), b = w.shape, c.shape[0]
+    w, v, c = aligned_rows(w), aligned_rows(v), aligned_rows(c)
     if out is None:
         out = torch.empty((b, d, d), dtype=w.dtype, device=w.device)
     elif out.shape != (b, d, d) or out.dtype != w.dtype or out.device != w.device:
@@ -129,7 +156,7 @@ def build_interaction_triton(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor, 
         return (b * (n * (n + 1) // 2),)  # directions × tiles on or above the diagonal
 
     _interaction_kernel[grid](
-        w, v, c, out, b, h, d,
+        w, v, c, out, b, h, d, triton.next_power_of_2(b),
         w.stride(0), w.stride(1), v.stride(0), v.stride(1), c.stride(0), c.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         WRITE_UPPER=triangle in (None, "upper"), WRITE_LOWER=triangle in (None, "lower"),

@@ -16,6 +16,7 @@ from bilinear_kernels.ops._launch import INTERPRETING  # noqa: E402
 from bilinear_kernels.ops.interaction import build_interaction_triton  # noqa: E402
 
 backends = importlib.import_module("bilinear_kernels.backends")  # the package exports a function of that name
+interaction = importlib.import_module("bilinear_kernels.interaction")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -117,8 +118,8 @@ def test_bad_arguments_raise_value_error():
 
 def test_dispatch_cpu_tensors_take_the_reference():
     w, v, c = (torch.ones(*s) for s in ((3, 2), (3, 2), (1, 3)))
-    assert backends.interaction_kernel(w, v, c) is build_interaction_reference
-    assert backends.triton_interaction_kernel(w, v, c) is None
+    assert interaction.interaction_kernel(w, v, c) is build_interaction_reference
+    assert "not a CUDA device" in backends.triton_unsupported_reason(w, v, c)
 
 
 def test_dispatch_env_switch(triton_disabled):
@@ -129,14 +130,14 @@ def test_dispatch_env_switch(triton_disabled):
 @requires_cuda
 def test_dispatch_cuda_takes_the_kernel():
     w, v, c = make_inputs(2, 5, 4, torch.float32)
-    assert backends.interaction_kernel(w, v, c) is build_interaction_triton
-    assert backends.interaction_kernel(w.double(), v.double(), c.double()) is build_interaction_reference
+    assert interaction.interaction_kernel(w, v, c) is build_interaction_triton
+    assert interaction.interaction_kernel(w.double(), v.double(), c.double()) is build_interaction_reference
 
 
 @requires_cuda
 def test_dispatch_cuda_env_switch(triton_disabled):
     w, v, c = make_inputs(2, 5, 4, torch.float32)
-    assert backends.interaction_kernel(w, v, c) is build_interaction_reference
+    assert interaction.interaction_kernel(w, v, c) is build_interaction_reference
 
 
 # -- real sizes and the public functions on the GPU ---------------------------------------------

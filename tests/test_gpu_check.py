@@ -1,0 +1,124 @@
+"""benchmarks.gpu_check: its plan names steps that exist, with flags their scripts accept, within
+the 8-minute budget; each step is time-boxed and a failing one is recorded, not fatal; without a
+CUDA device it refuses with one line."""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+from benchmarks.workloads import NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+# what the report and the process starts cost beyond the steps' own limits
+OVERHEAD_S = 20
+
+
+def declared_flags(path: Path) -> set[str]:
+    return set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", path.read_text()))
+
+
+def module_file(name: str) -> Path:
+    return ROOT / (name.replace(".", "/") + ".py")
+
+
+def split_step(step):
+    """(script file, its own arguments) for a step's command."""
+    argv = list(step.argv)
+    assert argv[0] == "python"
+    if argv[1] == "-m":
+        return module_file(argv[2]), argv[3:]
+    return ROOT / argv[1], argv[2:]
+
+
+@pytest.fixture
+def steps(tmp_path):
+    return gpu_check.plan(tmp_path, xdist=True)
+
+
+def test_the_plan_fits_the_budget(steps):
+    assert all(s.limit_s > 0 for s in steps)
+    assert sum(s.limit_s for s in steps) + OVERHEAD_S <= gpu_check.BUDGET_S == 8 * 60
+
+
+def test_the_plan_covers_what_a_gpu_must_verify(steps):
+    names = [s.name for s in steps]
+    for precision in ("highest", "high"):
+        for what in ("forward", "interaction", "decompose"):
+            assert f"{what}-{precision}" in names
+    assert {"extension-build", "extension-import", "tests", "eigh"} <= set(names)
+
+
+def test_every_step_names_existing_scripts_and_flags(steps):
+    for step in steps:
+        if step.argv[1:3] == ("-m", "pytest"):
+            continue  # test_the_tests_step_names_existing_test_files
+        script, args = split_step(step)
+        assert script.is_file(), f"{step.name}: {script} does not exist"
+        flags = {a.split("=")[0] for a in args if a.startswith("--")}
+        if "--run-module" in args:  # gpu_check runs a module under a precision: check both parts
+            split = args.index("--")
+            own, rest = args[:split], args[split + 1:]
+            assert {a for a in own if a.startswith("--")} <= declared_flags(script)
+            script = module_file(args[args.index("--run-module") + 1])
+            assert script.is_file()
+            flags = {a for a in rest if a.startswith("--")}
+            args = rest
+        if script.name == "setup.py":
+            continue
+        assert flags <= declared_flags(script), f"{step.name}: {sorted(flags - declared_flags(script))}"
+        if "--only" in args:
+            assert set(args[args.index("--only") + 1].split(",")) == {"W2", "W3", "W4"} <= set(NAMES)
+
+
+def test_the_tests_step_names_existing_test_files(steps):
+    tests = next(s for s in steps if s.name == "tests")
+    files = [a for a in tests.argv if a.startswith("tests/")]
+    assert files == list(gpu_check.CUDA_TEST_FILES)
+    assert all((ROOT / f).is_file() for f in files)
+    assert "-n" in tests.argv
+    assert "-n" not in next(s for s in gpu_check.plan(Path("x"), xdist=False) if s.name == "tests").argv
+
+
+def test_a_step_past_its_limit_is_killed_and_recorded(tmp_path):
+    step = gpu_check.Step("sleeper", ("python", "-c", "import time; print('started', flush=True); time.sleep(60)"), 1)
+    record = gpu_check.run_step(step, tmp_path)
+    assert record["timed_out"] and not record["ok"] and record["seconds"] < 30
+    assert "started" in record["output_tail"]
+
+
+def test_a_failing_step_is_recorded(tmp_path):
+    step = gpu_check.Step("failing", ("python", "-c", "import sys; print('boom'); sys.exit(3)"), 30)
+    record = gpu_check.run_step(step, tmp_path)
+    assert record["returncode"] == 3 and not record["ok"] and not record["timed_out"]
+    assert "boom" in record["output_tail"] and (tmp_path / "failing.log").is_file()
+
+
+def test_plan_prints_without_a_gpu(capsys, tmp_path):
+    assert gpu_check.main(["--plan", "--out", str(tmp_path)]) == 0
+    assert f"(budget {gpu_check.BUDGET_S} s)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a CUDA device")
+def test_refuses_without_a_gpu(capsys, tmp_path):
+    assert gpu_check.main(["--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_module_sets_the_precision_and_passes_arguments(monkeypatch):
+    seen = {}
+
+    def fake_run_module(name, run_name, alter_sys):
+        seen.update(name=name, argv=list(sys.argv), precision=torch.get_float32_matmul_precision())
+
+    monkeypatch.setattr("runpy.run_module", fake_run_module)
+    saved = torch.get_float32_matmul_precision()
+    try:
+        assert gpu_check.main(["--matmul-precision", "high", "--run-module", "benchmarks.run", "--", "--only", "W2"]) == 0
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert seen == {"name": "benchmarks.run", "argv": ["benchmarks.run", "--only", "W2"], "precision": "high"}
