@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="working precision (default: the weights', half precision upcast to float32)")
     dec.add_argument("--tol", type=_positive_float, default=None, help="residual tolerance of method lanczos")
     dec.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
-                     help=f"directions per chunk (default: {pipeline.DEFAULT_CHUNK} for a file; for a store, about "
+                     help=f"directions per chunk (default: {pipeline.DEFAULT_CHUNK} for a file, fewer where their result "
+                          "would take over a quarter of the memory budget; for a store, about "
                           "128 MiB of eigenvectors, at most 1024, and a resumed store keeps its own)")
     dec.add_argument("--out", required=True, metavar="FILE|DIR",
                      help="a .safetensors file to write, or a sweep store directory (an existing one, a name "

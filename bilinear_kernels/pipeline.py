@@ -40,6 +40,9 @@ from .output_directions import resolve_directions
 from .result import DecompositionResult
 
 DEFAULT_CHUNK = 256
+# A call's result counts in its memory budget; a default chunk keeps it to this share of the budget,
+# so the rest is left for the solver's temporaries.
+RESULT_SHARE_OF_BUDGET = 4
 RESULT_SUFFIX = ".safetensors"
 
 
@@ -224,13 +227,30 @@ def effective_k(k: int | None, layer: BilinearLayer) -> tuple[int | None, str | 
     return k, None
 
 
+def default_chunk(layer: BilinearLayer, k: int | None, dtype=None) -> int:
+    """Directions per decompose call when none is asked: DEFAULT_CHUNK, or fewer where their
+    result (eigenvectors, eigenvalues, residuals) would take more than a quarter of the memory
+    budget, as full spectra of wide layers do."""
+    from ._arrays import working_dtype
+    from .memory import memory_budget
+
+    d = layer.d_form
+    k_used = d if k is None else min(k, d)
+    itemsize = torch.empty((), dtype=working_dtype(layer.w.dtype, dtype)).element_size()
+    per_direction = (d + 2) * k_used * itemsize
+    fits = memory_budget(layer.device) // (RESULT_SHARE_OF_BUDGET * per_direction)
+    return int(max(1, min(DEFAULT_CHUNK, fits)))
+
+
 def iter_decomposition_chunks(target: DecompositionTarget, *, k: int | None, which: str = "LM",
                               method: str = "auto", dtype=None, tol: float | None = None,
-                              chunk: int = DEFAULT_CHUNK, start: int = 0, progress: bool = True):
-    """Yield (start, stop, DecompositionResult) over chunks of `chunk` directions from `start`,
-    with a progress bar over the chunks. k above d is capped at d."""
+                              chunk: int | None = None, start: int = 0, progress: bool = True):
+    """Yield (start, stop, DecompositionResult) over chunks of `chunk` directions from `start`
+    (default: default_chunk), with a progress bar over the chunks. k above d is capped at d."""
     from tqdm.auto import tqdm
 
+    if chunk is None:
+        chunk = default_chunk(target.layer, k, dtype)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive number of directions, got {chunk!r}")
     n = len(target)
@@ -247,13 +267,15 @@ def iter_decomposition_chunks(target: DecompositionTarget, *, k: int | None, whi
 
 
 def decompose_target(target: DecompositionTarget, *, k: int | None, which: str = "LM", method: str = "auto",
-                     dtype=None, tol: float | None = None, chunk: int = DEFAULT_CHUNK,
+                     dtype=None, tol: float | None = None, chunk: int | None = None,
                      progress: bool = True, options: dict | None = None) -> DecompositionResult:
     """Every chunk of the target, concatenated into one result whose metadata reproduces it:
     the target's metadata and notes, the options as asked (k None: the full spectrum) and as used
     (k capped at d), and the versions."""
     started = time.perf_counter()
     k_used, k_note = effective_k(k, target.layer)
+    if chunk is None:
+        chunk = default_chunk(target.layer, k_used, dtype)
     parts = [part for _, _, part in iter_decomposition_chunks(
         target, k=k, which=which, method=method, dtype=dtype, tol=tol, chunk=chunk, progress=progress)]
     result = concatenate(parts)
@@ -299,7 +321,8 @@ def run_target(target: DecompositionTarget, *, k: int | None = None, which: str 
                           -> a resumable sweep store (one shard per chunk), returns its SweepReport;
                              read it with bk.open_results(dir). resume=False starts it anew.
     k None is the full spectrum; k above d is capped at d, with a note. chunk: directions per
-    decompose call (default 256 in memory; a store's default is about 128 MiB of eigenvectors).
+    decompose call (default 256 in memory, fewer where their result would take over a quarter
+    of the memory budget; a store's default is about 128 MiB of eigenvectors).
     on_note(text) is called with each note (the target's, then the run's) before computing."""
     plan = plan_output(out)
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
@@ -317,7 +340,7 @@ def run_target(target: DecompositionTarget, *, k: int | None = None, which: str 
         return _run_store(target, plan.path, k=k_used, which=which, method=method, tol=tol, dtype=dtype,
                           chunk=chunk, resume=resume, progress=progress)
     result = decompose_target(target, k=k, which=which, method=method, dtype=dtype, tol=tol,
-                              chunk=chunk or DEFAULT_CHUNK, progress=progress,
+                              chunk=chunk, progress=progress,
                               options={"device": str(target.layer.device)})
     if plan.kind == "file":
         save_result(result, plan.path)

@@ -158,3 +158,19 @@ def test_readme_pipeline_example_runs(tmp_path, monkeypatch, capsys):
     assert "[4, 0, 7]" in capsys.readouterr().out
     assert namespace["report"].n_directions == 11 and len(namespace["stored"]) == 11
     assert DecompositionResult.load(tmp_path / "features.safetensors").metadata["direction_ids"] == [12, 40, 7]
+
+
+def test_default_chunk_keeps_full_spectra_of_wide_layers_inside_the_budget():
+    # the result counts in decompose's memory budget, so 256 full spectra at d = 2048 (4.3 GB in
+    # float32) would be refused; the default chunk must shrink to fit, and stay 256 where it fits
+    from bilinear_kernels.memory import memory_budget
+
+    wide = bk.BilinearLayer(torch.randn(1, 2048), torch.randn(1, 2048))
+    chunk = pipeline.default_chunk(wide, None)
+    per_direction = (2048 + 2) * 2048 * 4
+    assert 1 <= chunk < pipeline.DEFAULT_CHUNK
+    assert chunk * per_direction <= memory_budget(wide.device) // pipeline.RESULT_SHARE_OF_BUDGET
+    assert pipeline.default_chunk(wide, None, torch.float64) <= chunk // 2 + 1
+    assert pipeline.default_chunk(wide, 16) == pipeline.DEFAULT_CHUNK
+    narrow = bk.BilinearLayer(torch.randn(4, 8), torch.randn(4, 8))
+    assert pipeline.default_chunk(narrow, None) == pipeline.DEFAULT_CHUNK
