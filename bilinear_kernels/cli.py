@@ -197,9 +197,11 @@ def _decompose_into_store(args, target: DecompositionTarget) -> int:
     fingerprint = {key: target.metadata.get(key) for key in
                    ("checkpoint_sha256", "layer", "layout", "directions", "fold_embedding", "fold_norms")}
     fingerprint["allow_gated"] = args.allow_gated
-    report = sweep.run_from_args(args, target.layer, target.directions, fingerprint=fingerprint,
-                                 k=effective_k(args.k, target.layer), which=args.which, method=args.method,
-                                 tol=args.tol, dtype=args.dtype, progress=not args.quiet)
+    report = sweep.run_sweep_from_env(target.layer, target.directions, args.out,
+                                      ids=target.metadata.get("direction_ids"), chunk=args.chunk,
+                                      resume=args.resume, fingerprint=fingerprint,
+                                      k=effective_k(args.k, target.layer), which=args.which, method=args.method,
+                                      tol=args.tol, dtype=args.dtype, progress=not args.quiet)
     if report.rank == 0:
         print(f"decomposed {len(target)} direction(s) into {report.path}: {target.description}")
         print(f"  {report.directions_computed} computed now, the rest resumed; {report.seconds:.3g} s")
@@ -380,8 +382,14 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{PROG}: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
+        if isinstance(err, sweep.SweepInterrupted):
+            print(f"to resume, run: {sweep.resume_command([PROG, *(sys.argv[1:] if argv is None else argv)])}",
+                  file=sys.stderr)
+            if sweep.abandoned_work():  # a chunk still computing on its thread: leave now, not after it
+                sys.stderr.flush()
+                os._exit(130)
         return 130
     except USER_ERRORS as err:
         if os.environ.get("BILINEAR_KERNELS_TRACEBACK", "").strip() not in ("", "0"):

@@ -26,7 +26,8 @@ _INTS = re.compile(r"^\s*-?\d+(\s*,\s*-?\d+)*\s*,?\s*$")
 @dataclass
 class ResolvedDirections:
     """directions: int64 (b,) output indices or float (b, o) vectors; ids: the readout rows,
-    classes or tokens they stand for (None for rows of a file); description: for messages."""
+    classes or tokens they stand for (the row numbers in the matrix, for rows of a file; the
+    target row, for a contrast); description: for messages."""
 
     directions: torch.Tensor
     ids: list[int] | None
@@ -133,7 +134,8 @@ def resolve_directions(spec: str, readout: torch.Tensor | None, d_out: int,
             raise ValueError(f"name the matrix in the file: FILE.safetensors:NAME, got {spec!r}")
         m = matrix_rows(path, name, rows=rows, transpose=transpose, d_out=d_out)
         sel = f"rows {rows} of " if rows is not None else ""
-        return ResolvedDirections(m, None, f"{sel}{name}{'ᵀ' if transpose else ''} from {path} ({m.shape[0]} directions)")
+        ids = rows if rows is not None else list(range(m.shape[0]))  # the matrix's own row numbers
+        return ResolvedDirections(m, ids, f"{sel}{name}{'ᵀ' if transpose else ''} from {path} ({m.shape[0]} directions)")
     if _INTS.match(spec):
         ids = _check_ids(_ints(spec), n, what)
         return ResolvedDirections(_pick(readout, ids), ids, f"rows {ids} of {what}" if readout is not None else f"outputs {ids}")

@@ -81,9 +81,10 @@ def test_spec_matrix_rows_from_a_file(tmp_path):
     path = tmp_path / "sae.safetensors"
     r = resolve_directions(f"{path}:W_enc", None, 4)
     torch.testing.assert_close(r.directions, enc, rtol=0, atol=0)
-    assert r.ids is None
+    assert r.ids == list(range(7))
     r = resolve_directions(f"{path}:W_enc_t:T:6,1", None, 4)
     torch.testing.assert_close(r.directions, enc[[6, 1]], rtol=0, atol=0)
+    assert r.ids == [6, 1]  # the rows' own numbers, by which results are indexed
     torch.testing.assert_close(matrix_rows(path, "W_enc", rows=[2]), enc[[2]], rtol=0, atol=0)
     with pytest.raises(CheckpointError, match=r"rows of length 7 .*d_out = 4.*':T'"):
         resolve_directions(f"{path}:W_enc_t", None, 4)
