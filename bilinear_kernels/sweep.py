@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shlex
 import sys
 import threading
 import time
 import warnings
-import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -341,7 +341,7 @@ def compute_interruptibly(work, device: torch.device | None = None, poll: float 
     at large d). Waiting here instead, in short timed waits, the main thread takes the
     KeyboardInterrupt at once; the worker is told to stop (progress.cancel_scope: it stops at its
     next inner chunk) and is abandoned. Errors of work() are raised here."""
-    cancel = threading.Event()
+    cancel, done = threading.Event(), threading.Event()
     outcome = {}
 
     def run():
@@ -354,28 +354,32 @@ def compute_interruptibly(work, device: torch.device | None = None, poll: float 
                     torch.cuda.synchronize(device)  # charge the kernels to compute, not to the write
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
     worker = threading.Thread(target=run, name="bilinear-kernels-sweep-chunk", daemon=True)
     worker.start()
     try:
-        while worker.is_alive():
-            worker.join(poll)
+        # an Event, not Thread.join: a join interrupted by Ctrl-C can mark a running thread stopped
+        while not done.wait(poll):
+            pass
     except BaseException:
         cancel.set()
-        _ABANDONED.add(worker)
+        _ABANDONED.append(done)
         raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
 
 
-_ABANDONED: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+_ABANDONED: list[threading.Event] = []  # the done events of chunks abandoned on Ctrl-C
 
 
 def abandoned_work() -> bool:
     """True while a chunk abandoned on Ctrl-C is still running on its worker thread (a command
     line then leaves with os._exit rather than wait for it or finalize under it)."""
-    return any(t.is_alive() for t in _ABANDONED)
+    _ABANDONED[:] = [done for done in _ABANDONED if not done.is_set()]
+    return bool(_ABANDONED)
 
 
 def run_sweep_from_env(layer: BilinearLayer, directions, out_dir, *, ids=None, k: int | None = None,
@@ -504,11 +508,31 @@ def load_layer(path) -> BilinearLayer:
     if path.exists() and not path.is_file():
         raise CheckpointError(f"{path} is not a file; give a safetensors file with tensors w, v and optionally p "
                               "(model folders: bilinear-kernels decompose FOLDER --layer I --out DIR)")
-    layout = detect_layout(open_checkpoint(path))
+    source = open_checkpoint(path)
+    layout = detect_layout(source)
     if layout != "plain":
         raise CheckpointError(f"{path} is a {layout} checkpoint; this command takes a file with tensors w, v and "
                               "optionally p: use bilinear-kernels decompose CHECKPOINT --layer I --out DIR")
+    _check_fits_in_memory(path, [n for n in ("w", "v", "p", "w_bias", "v_bias") if n in source])
     return load_checkpoint(path).layer
+
+
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _check_fits_in_memory(path: Path, names: list[str]) -> None:
+    """Refuse, before reading, weights that the machine's free memory cannot hold (a huge or
+    sparse file would otherwise be read until the allocator or the kernel gives up)."""
+    from safetensors import safe_open
+
+    from .memory import format_bytes, free_bytes
+
+    with safe_open(str(path), framework="pt") as f:
+        need = sum(math.prod(f.get_slice(n).get_shape()) * _ITEMSIZE.get(f.get_slice(n).get_dtype(), 8) for n in names)
+    available = free_bytes(torch.device("cpu"))
+    if need > available:
+        raise MemoryError(f"{path} holds {format_bytes(need)} of weights ({', '.join(names)}), more than the "
+                          f"{format_bytes(available)} of memory available; it cannot be loaded here")
 
 
 def file_sha256(path) -> str:
