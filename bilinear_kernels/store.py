@@ -18,10 +18,10 @@ is durable, and readers look at records only, so a shard being written (or left 
 killed process) is never visible; each shard is checked against its record's sha256 when read.
 
 Nothing is taken on trust: the manifest carries its own checksum, the ids file is checked against
-the manifest's sha256 of the ids, every record must name the chunk its file name says with exactly
-the ids of those positions, and every shard carries the digest of the manifest header it was
-computed under, its ids and the shapes the manifest promises. What fails a check is refused when
-read and recomputed (or rewritten) by a rerun of the same sweep.
+the manifest's sha256 of the ids, every record must name the chunk its file name says, with exactly
+the ids of those positions and the digest of the settings it was computed under, and every shard
+must hold its record's chunk, ids and the shapes the manifest promises. What fails a check is
+refused when read and recomputed (or rewritten) by a rerun of the same sweep.
 
 Each chunk has exactly one writer and its own record file, so concurrent ranks never write the same
 file; rank 0 holds the lock for the whole run and merges the records into the manifest once every
@@ -518,9 +518,11 @@ class SweepStore:
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         tensors["direction_ids"] = tensors["direction_ids"].to(torch.int64)
         # one metadata key: safetensors does not keep the order of several, and the bytes must
-        # not depend on the process that wrote them
+        # not depend on the process that wrote them, nor on settings that leave the numbers alone
+        # (two stores that differ in max_memory alone hold the same shards); the record carries
+        # the settings digest
         info = json.dumps({"format": SHARD_FORMAT, "index": index, "start": start, "stop": stop,
-                           "method": method, "header_sha256": self.header_sha256}, sort_keys=True)
+                           "method": method}, sort_keys=True)
         data = save(tensors, metadata={"bilinear_kernels": info})
         id_list = tensors["direction_ids"]
         record = {
@@ -719,9 +721,8 @@ def _load_checked(shard_dir: Path, record: dict, manifest: dict, ids: torch.Tens
     start, stop = record["start"], record["stop"]
     if not torch.equal(tensors.get("direction_ids", torch.empty(0)), ids[start:stop]):
         raise CorruptShardError(f"shard {file} does not hold the directions its record names")
-    if info.get("header_sha256") != header_digest(manifest) or info.get("index") != record["index"]:
-        raise CorruptShardError(f"shard {file} was computed for another chunk or under other settings than "
-                                "this store's manifest names")
+    if info.get("index") != record["index"] or (info.get("start"), info.get("stop")) != (start, stop):
+        raise CorruptShardError(f"shard {file} was computed for another chunk than its record names")
     n, d, k = stop - start, _d_form(manifest), int(manifest["options"]["k"])
     shapes = {"eigenvalues": (n, k), "eigenvectors": (n, d, k), "residuals": (n, k)}
     for name, shape in shapes.items():

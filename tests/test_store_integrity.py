@@ -206,16 +206,14 @@ def test_a_manifest_edited_with_a_forged_checksum_serves_no_data(layer, referenc
     with pytest.raises(KeyError, match="not finished"):
         stored[0]
     assert sorted(stored.verify()) == [f"{i:08d}.json" for i in range(6)]
-    # a forged manifest whose records are forged too still meets the shards' own header digest
+    # a manifest claiming another k, with its records forged to match, still meets the shapes
+    edit_manifest(path, lambda m: m["options"].update(which="LM", k=K - 1) or m.update(complete=False, shards=[]),
+                  checksum=True)
+    digest = store.header_digest(json.loads((path / "manifest.json").read_text()))
     for record_file in sorted((path / "shards").glob("*.json")):
-        record = json.loads(record_file.read_text())
-        record["header_sha256"] = store.header_digest(json.loads((path / "manifest.json").read_text()))
-        record_file.write_text(json.dumps(record))
-    manifest = json.loads((path / "manifest.json").read_text())
-    edit_manifest(path, lambda m: m.update(complete=False, shards=[]), checksum=True)
-    with pytest.raises(CorruptShardError, match="under other settings"):
+        record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "header_sha256": digest}))
+    with pytest.raises(CorruptShardError, match=rf"eigenvalues of shape \(4, {K}\); the manifest says \(4, {K - 1}\)"):
         bk.open_results(path)[0]
-    del manifest
 
 
 def _interrupted_store(layer, path, monkeypatch, finished=4):
