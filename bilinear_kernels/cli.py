@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import pipeline
+from . import pipeline, sweep
 from .checkpoints import CheckpointError
 from .decompose import METHODS
 from .solvers.selection import WHICH
@@ -241,8 +241,14 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{PROG}: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
+        if isinstance(err, sweep.SweepInterrupted):
+            print(f"to resume, run: {sweep.resume_command([PROG, *(sys.argv[1:] if argv is None else argv)])}",
+                  file=sys.stderr)
+            if sweep.abandoned_work():  # a chunk still computing on its thread: leave now, not after it
+                sys.stderr.flush()
+                os._exit(130)
         return 130
     except USER_ERRORS as err:
         if os.environ.get("BILINEAR_KERNELS_TRACEBACK", "").strip() not in ("", "0"):

@@ -211,6 +211,8 @@ class SweepProgress:
         for bar, value in zip(self._bars, values):
             if value > bar.n:
                 bar.update(value - bar.n)
+            else:
+                bar.refresh()  # no chunk finished: redraw anyway, so elapsed time and rate move on
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):

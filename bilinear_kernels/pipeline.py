@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -348,20 +347,17 @@ def run_target(target: DecompositionTarget, *, k: int | None = None, which: str 
 
 
 def _run_store(target: DecompositionTarget, path: Path, *, k, which, method, tol, dtype, chunk, resume, progress):
-    """Stream into a resumable sweep store (one process, or one rank under torchrun). The ids go
-    into the store's fingerprint, so the manifest records them and a rerun with other ids is
-    refused. (sweep.run_from_args takes no ids of its own: the store numbers float directions
-    by row; a sweep entry point that takes ids= should be given target.ids here.)"""
+    """Stream into a resumable sweep store (one process, or one rank under torchrun), indexed by
+    the target's own direction ids."""
     from . import sweep
 
     keys = ("checkpoint_sha256", "layer", "layout", "directions", "fold_embedding", "fold_norms", "allow_gated")
     fingerprint = {key: target.metadata.get(key) for key in keys if key in target.metadata}
     if "checkpoint_sha256" not in fingerprint:
         fingerprint["layer_sha256"] = sweep.layer_fingerprint(target.layer)
-    fingerprint["direction_ids"] = target.ids
-    args = Namespace(out=str(path), resume=resume, chunk=chunk)
-    return sweep.run_from_args(args, target.layer, target.directions, fingerprint=fingerprint, k=k,
-                               which=which, method=method, tol=tol, dtype=dtype, progress=progress)
+    return sweep.run_sweep_from_env(target.layer, target.directions, path, ids=target.ids, k=k, which=which,
+                                    method=method, tol=tol, dtype=dtype, chunk=chunk, resume=resume,
+                                    fingerprint=fingerprint, progress=progress)
 
 
 def decompose_checkpoint(checkpoint, *, directions: str, layer: int | None = None, k: int | None = None,

@@ -69,14 +69,17 @@ def test_layer_in_memory_with_own_ids_to_a_file(tmp_path):
         pipeline.target_from_layer(torch.nn.Linear(3, 3), [0])
 
 
-def test_store_manifest_records_the_ids(tmp_path):
+def test_store_is_indexed_by_the_targets_ids(tmp_path):
     write_plain(tmp_path / "layer.safetensors", h=3, d=9, o=6)
     target = pipeline.resolve_target(tmp_path / "layer.safetensors", directions="5,1,0")
     report = pipeline.run_target(target, k=2, out=tmp_path / "store", progress=False)
     assert report.n_directions == 3
     stored = bk.open_results(tmp_path / "store")
-    assert stored.metadata["fingerprint"]["direction_ids"] == [5, 1, 0]
     assert torch.as_tensor(stored.load().indices).tolist() == [5, 1, 0]
+    alone = bk.decompose(target.layer, [5], k=2)
+    torch.testing.assert_close(torch.as_tensor(stored[5].eigenvalues), alone.eigenvalues[0])
+    with pytest.raises(KeyError):
+        stored[2]
 
 
 def test_notes_are_reported_before_the_work_and_kept(tmp_path):

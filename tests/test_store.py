@@ -111,7 +111,8 @@ def test_manifest_lists_every_shard_with_its_checksum(reference):
     for entry in manifest["shards"]:
         data = shard(reference, entry["index"]).read_bytes()
         assert entry["bytes"] == len(data) and entry["sha256"] == store.sha256_bytes(data)
-        assert (entry["first_id"], entry["last_id"]) == (entry["start"], entry["stop"] - 1)
+        assert entry["ids_sha256"] == store.ids_sha256(torch.arange(entry["start"], entry["stop"]))
+    assert manifest["checksum"] == store.manifest_checksum(manifest)
 
 
 # -- damaged shards ---------------------------------------------------------------------------
