@@ -4,6 +4,7 @@ from .decompose import decompose
 from .functional import bilinear
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
+from .collect import collect_inputs
 from .result import DecompositionResult
 from .store import open_results
 from .solvers.krylov import ConvergenceWarning
@@ -13,4 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BilinearLayer", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
     "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
+    "collect_inputs",
 ]
