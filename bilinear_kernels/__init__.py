@@ -5,6 +5,7 @@ from .functional import bilinear
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
 from .collect import collect_inputs
+from .data_analysis import top_activations, truncation_curve
 from .result import DecompositionResult
 from .store import open_results
 from .solvers.krylov import ConvergenceWarning
@@ -15,4 +16,5 @@ __all__ = [
     "BilinearLayer", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
     "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
     "collect_inputs",
+    "top_activations", "truncation_curve",
 ]
