@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 
 import bilinear_kernels as bk  # noqa: E402
 from bilinear_kernels.nn import Bilinear  # noqa: E402
+from published_modules import ImageModel, PublishedMLP  # noqa: E402
 
 D, H = 6, 5
 
@@ -35,47 +36,6 @@ def check_identity(module, layer, offset=None, *, n=7, seed=0):
     xt = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1) if layer.has_bias else x
     rebuilt = res.activations(xt).sum(-1)  # (n, 2)
     torch.testing.assert_close(rebuilt, y @ u.T, rtol=1e-9, atol=1e-9)
-
-
-# -- mirrors of the published layouts (PUBLISHED_LAYOUTS.md), written from the description -------
-class PackedBlock(nn.Linear):
-    """nn.Linear(d, 2h) whose output is chunk(2)-ed into (left, right) and multiplied; `gate` on the left."""
-
-    def __init__(self, d, h, bias=False, gate=None):
-        super().__init__(d, 2 * h, bias=bias)
-        self.gate = gate if gate is not None else nn.Identity()
-
-    def forward(self, x):
-        left, right = super().forward(x).chunk(2, dim=-1)
-        return self.gate(left) * right
-
-
-class PublishedMLP(nn.Module):
-    def __init__(self, d, h, bias=False, down="p", gate=None):
-        super().__init__()
-        self.w = PackedBlock(d, h, bias=bias, gate=gate)
-        setattr(self, down, nn.Linear(h, d, bias=bias))
-        self.down = down
-
-    def forward(self, x):
-        return getattr(self, self.down)(self.w(x))
-
-
-class ImageModel(nn.Module):
-    """embed → packed blocks (optionally residual) → head, as the image models."""
-
-    def __init__(self, d_input=8, d_hidden=D, n_layer=2, residual=False):
-        super().__init__()
-        self.embed = nn.Linear(d_input, d_hidden, bias=False)
-        self.blocks = nn.ModuleList([PackedBlock(d_hidden, d_hidden) for _ in range(n_layer)])
-        self.head = nn.Linear(d_hidden, 3, bias=False)
-        self.residual = residual
-
-    def forward(self, x):
-        x = self.embed(x)
-        for block in self.blocks:
-            x = x + block(x) if self.residual else block(x)
-        return self.head(x)
 
 
 # -- this package and plain modules ---------------------------------------------------------------
