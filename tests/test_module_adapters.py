@@ -231,3 +231,21 @@ def test_transformer_lens_model_block():
         block.mlp.act_fn = nn.Identity()
     layer = bk.BilinearLayer.from_module(model.blocks[0].mlp)
     assert (layer.d_in, layer.d_hidden, layer.d_out) == (8, 12, 8)
+
+
+def test_check_keeps_the_mode_and_accepts_half_precision():
+    class WithDropout(PublishedMLP):
+        def __init__(self):
+            super().__init__(D, H)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(super().forward(x))
+
+    module = WithDropout().double().train()
+    layer = bk.BilinearLayer.from_module(module)  # the check runs in eval mode: dropout off
+    assert module.training and module.w.training
+    assert layer.d_hidden == H
+    for dtype in (torch.bfloat16, torch.float16):
+        half = bk.BilinearLayer.from_module(Bilinear(D, H, 3, bias=True, dtype=dtype))
+        assert half.dtype == dtype
