@@ -8,7 +8,7 @@ full sum and np.corrcoef per direction; and torch.topk over all inputs for the t
 Both sides get the same result (b directions, d, k eigenpairs: the full spectrum, so the true
 output is the full sum) and the same n inputs; the loop is handed them at once, ours as a stream of
 batches. Each repeat times ours and the loop back to back (order alternating), and the ratio is
-the median loop time over the median of ours. The numbers of both sides are compared (they must
+the median loop time over the median of ours, in wall time and in this process's CPU time. The numbers of both sides are compared (they must
 agree to float64 rounding) before any time counts.
 
     python -m benchmarks.bench_data_analysis                  # d=256, b=64, n=8192, ks = 1..64
@@ -47,6 +47,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="tiny shapes: checks that the script runs")
     ap.add_argument("--out", default=None, help="write <out>.json and <out>.md")
+    ap.add_argument("--note", default="", help="a line recorded with the results (e.g. the machine's load)")
     args = ap.parse_args(argv)
     if args.quick:
         args.d, args.hidden, args.directions, args.rows, args.batch = 24, 16, 4, 300, 64
@@ -85,11 +86,13 @@ def sync(device):
 
 
 def timed(fn, device):
+    """(wall seconds, this process's CPU seconds): on a loaded CPU machine the second is the
+    steadier measure of the work (with one thread, it is the time the work held a core)."""
     sync(device)
-    t0 = time.perf_counter()
-    out = fn()
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
     sync(device)
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv=None):
@@ -126,9 +129,11 @@ def main(argv=None):
         for rep in range(args.repeats):  # interleaved, the order alternating
             pair = [(t_ours, ours), (t_loop, loop)]
             for store, fn in (pair if rep % 2 == 0 else pair[::-1]):
-                store.append(timed(fn, dev)[0])
-        m_ours, m_loop = statistics.median(t_ours), statistics.median(t_loop)
+                store.append(timed(fn, dev))
+        m_ours, m_loop = (statistics.median(t[0] for t in ts) for ts in (t_ours, t_loop))
+        c_ours, c_loop = (statistics.median(t[1] for t in ts) for ts in (t_ours, t_loop))
         rows.append({"analysis": name, "ours_s": m_ours, "loop_s": m_loop, "speedup": m_loop / m_ours,
+                     "ours_cpu_s": c_ours, "loop_cpu_s": c_loop, "cpu_time_speedup": c_loop / c_ours,
                      "ours_all_s": t_ours, "loop_all_s": t_loop,
                      "loop_holds_bytes": args.rows * b * res.k * 8})
     env = report.environment(str(dev))
@@ -136,14 +141,16 @@ def main(argv=None):
               "eigenpairs": res.k, "ks": f"1..{ks[-1]}", "top": args.top, "dtype": "float64",
               "repeats": args.repeats}
     result = {"question": __doc__.split("\n\n")[1].replace("\n", " "), "command": shlex.join(sys.argv),
-              "environment": env, "shapes": shapes, "rows": rows}
+              "environment": env, "shapes": shapes, "rows": rows, "note": args.note}
     lines = [f"# Data-side analysis: streamed vs the straightforward loop ({dev})", "",
-             f"Command: `{result['command']}`", "",
+             f"Command: `{result['command']}`", ""] + ([f"Note: {args.note}", ""] if args.note else []) + [
              ", ".join(f"{k}: {v}" for k, v in shapes.items()), "",
              f"CPU {env['cpu']}, {env['torch_threads']} torch threads, torch {env['torch']}, numpy {env['numpy']}", "",
-             "| analysis | ours (s) | loop (s) | loop / ours | loop holds |", "|---|---|---|---|---|"]
+             "| analysis | ours (s) | loop (s) | loop / ours | CPU s: ours | CPU s: loop | loop / ours (CPU time) | loop holds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['analysis']} | {r['ours_s']:.4f} | {r['loop_s']:.4f} | {r['speedup']:.2f}× | "
+                     f"{r['ours_cpu_s']:.4f} | {r['loop_cpu_s']:.4f} | {r['cpu_time_speedup']:.2f}× | "
                      f"{r['loop_holds_bytes'] / 2**20:.0f} MiB of activations |")
     text = "\n".join(lines) + "\n"
     print(text)

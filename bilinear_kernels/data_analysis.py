@@ -98,8 +98,11 @@ def truncation_curve(result: DecompositionResult, inputs, ks, targets=None, *, r
     correct = torch.zeros(m, dtype=torch.float64, device=dev)
     rows = 0
     labelled = False
+    k_top = int(ks_t.max())
+    flat_top, vals_top = _flat(vecs[..., :k_top]), vals[:, :k_top]
     for x, y, ref in _chunks(inputs, targets, reference, d, b, k_max, dev, vals.dtype, max_memory):
-        acts = _activations(x, flat, vals)
+        # with the true outputs given, eigenpairs past the largest k are not needed
+        acts = _activations(x, flat, vals) if ref is None else _activations(x, flat_top, vals_top)
         partial = acts.cumsum(-1).index_select(-1, idx).double()  # (n, b, m)
         if ref is None:
             if not full:
