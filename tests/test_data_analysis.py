@@ -86,6 +86,9 @@ def test_a_truncated_result_needs_the_true_outputs():
     for i, (rel, _, corr, _) in enumerate(oracle_curve(res, x, truth, [1, 3])):
         np.testing.assert_allclose(curve.relative_error[i].numpy(), rel, rtol=1e-9)
         np.testing.assert_allclose(curve.correlation[i].numpy(), corr, rtol=1e-9)
+    full = bk.decompose(layer, torch.from_numpy(u), k=None, method="eigh")  # eigenpairs past k=2 unused
+    torch.testing.assert_close(bk.truncation_curve(full, x, [1, 2], reference=truth).relative_error,
+                               bk.truncation_curve(full, x, [1, 2]).relative_error, rtol=1e-9, atol=1e-12)
     batches = [{"inputs": x[:20], "reference": truth[:20]}, {"inputs": x[20:], "reference": truth[20:]}]
     torch.testing.assert_close(bk.truncation_curve(res, batches, [1, 3]).relative_error, curve.relative_error)
 
