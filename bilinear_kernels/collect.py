@@ -12,6 +12,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .module_adapters import unwrap_traced
+
 DEFAULT_MAX_BYTES = 4 << 30
 
 
@@ -24,11 +26,11 @@ def collect_inputs(model: nn.Module, module, batches: Iterable, *, max_rows: int
                    forward: Callable | None = None, device=None):
     """The inputs `module` receives while `model` runs on `batches`, as rows (n, d).
 
-    model       any nn.Module
+    model       any nn.Module (or an nnsight wrapper of one)
     module      a submodule of `model`, or its name (`model.get_submodule(name)`), e.g. a
                 transformer's `model.layers[3].mlp`: its input is the normed residual stream
-    batches     an iterable of batches; each is passed as model(**batch) for a dict,
-                model(*batch) for a tuple or list, model(batch) otherwise; or by `forward(model, batch)`
+    batches     an iterable of batches, on the model's device; each is passed as model(**batch) for a
+                dict, model(*batch) for a tuple or list, model(batch) otherwise; or by `forward(model, batch)`
     max_rows    stop after this many rows (the last batch is cut); None: every batch
     max_bytes   refuse (MemoryError) to hold more than this many bytes of rows (default 4 GiB)
     outputs     also return what the module returned, as (inputs, outputs)
@@ -39,6 +41,7 @@ def collect_inputs(model: nn.Module, module, batches: Iterable, *, max_rows: int
     is d. A module called more than once per forward contributes one row block per call when
     stop_early=False (with stop_early, only its first call in each forward is seen).
     """
+    model, module = unwrap_traced(model), unwrap_traced(module)  # nnsight wrappers: the modules inside
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(module, str):

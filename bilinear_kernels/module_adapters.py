@@ -18,6 +18,7 @@ Supported (anything else is a TypeError listing these):
                  blocks are that packed `w` alone (P = identity).
   this package   `bilinear_kernels.nn.Bilinear`.
   a tuple        (left, right) or (left, right, out) of nn.Linear: out(left(x) * right(x)).
+An nnsight wrapper (NNsight, Envoy) of any of these is read through to the module it wraps.
 
 The activation on W x must be the identity for the module to be bilinear: torch.nn.Identity,
 or transformers' `hidden_act="linear"`. With any other activation the module is gated; reading it
@@ -110,7 +111,16 @@ def read_module(module, *, allow_gated: bool = False, check: bool = True) -> Mod
 
 
 # -- recognition ------------------------------------------------------------------------------
+def unwrap_traced(obj):
+    """The nn.Module inside an nnsight wrapper (NNsight, Envoy); anything else unchanged."""
+    inner = getattr(obj, "_module", None)
+    if isinstance(inner, nn.Module) and any(cls.__module__.split(".")[0] == "nnsight" for cls in type(obj).__mro__):
+        return inner
+    return obj
+
+
 def _recognise(module) -> ModuleWeights:
+    module = unwrap_traced(module)
     if isinstance(module, (tuple, list)):
         return _read_linear_tuple(module)
     if not isinstance(module, nn.Module):
@@ -132,7 +142,8 @@ def _recognise(module) -> ModuleWeights:
     if type(module) is nn.Linear:
         raise TypeError("a plain nn.Linear is a linear map, not a bilinear layer; for two projections "
                         f"multiplied together pass a tuple (left, right[, out]). Supported: {SUPPORTED}")
-    raise TypeError(f"cannot read a bilinear layer from {type(module).__name__}; supported: {SUPPORTED}")
+    raise TypeError(f"cannot read a bilinear layer from {type(module).__name__} (pass the MLP module itself, "
+                    f"e.g. model.model.layers[i].mlp or model.blocks[i].mlp); supported: {SUPPORTED}")
 
 
 def _read_gate_up_down(module) -> ModuleWeights:

@@ -176,3 +176,14 @@ def test_nnsight_trace_sees_the_same_inputs():
         traced = wrapped.model.layers[1].mlp.input.save()
     x = bk.collect_inputs(model, model.model.layers[1].mlp, [batch])
     assert torch.equal(x, traced.reshape(-1, 8))
+
+
+def test_nnsight_wrappers_are_read_through():
+    nnsight = pytest.importorskip("nnsight")
+    model = tiny_llama()
+    wrapped = nnsight.NNsight(model)
+    batches = token_batches(1)
+    x = bk.collect_inputs(wrapped, wrapped.model.layers[1].mlp, batches)
+    assert torch.equal(x, bk.collect_inputs(model, model.model.layers[1].mlp, batches))
+    layer = bk.BilinearLayer.from_module(wrapped.model.layers[1].mlp)
+    assert torch.equal(layer.w, model.model.layers[1].mlp.gate_proj.weight.detach())
