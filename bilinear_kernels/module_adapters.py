@@ -92,6 +92,7 @@ def read_module(module, *, allow_gated: bool = False, check: bool = True) -> Mod
     module's forward once on a few random inputs (in eval mode, under no_grad; hooks registered on
     it fire) and refuses a reading that disagrees with it.
     """
+    module = unwrap_traced(module)
     weights = _recognise(module)
     if check:
         _check_against_forward(module, weights)
@@ -120,7 +121,6 @@ def unwrap_traced(obj):
 
 
 def _recognise(module) -> ModuleWeights:
-    module = unwrap_traced(module)
     if isinstance(module, (tuple, list)):
         return _read_linear_tuple(module)
     if not isinstance(module, nn.Module):
