@@ -140,7 +140,7 @@ def main(argv=None):
     shapes = {"d": d, "hidden": h, "directions": b, "rows": args.rows, "batch": args.batch,
               "eigenpairs": res.k, "ks": f"1..{ks[-1]}", "top": args.top, "dtype": "float64",
               "repeats": args.repeats}
-    result = {"question": __doc__.split("\n\n")[1].replace("\n", " "), "command": shlex.join(sys.argv),
+    result = {"question": __doc__.split("\n\n")[1].replace("\n", " "), "command": shlex.join(["python", "-m", "benchmarks.bench_data_analysis", *(sys.argv[1:] if argv is None else argv)]),
               "environment": env, "shapes": shapes, "rows": rows, "note": args.note}
     lines = [f"# Data-side analysis: streamed vs the straightforward loop ({dev})", "",
              f"Command: `{result['command']}`", ""] + ([f"Note: {args.note}", ""] if args.note else []) + [
