@@ -91,18 +91,21 @@ def truncation_curve(result: DecompositionResult, inputs, ks, targets=None, *, r
     m = len(ks_t)
     idx = (ks_t - 1).to(dev)
     indices = None if result.indices is None else torch.as_tensor(result.indices).to(dev).long()
-    flat = _flat(vecs)
+    k_top = int(ks_t.max())
+    flats = {}  # (d, b·k) copies of the eigenvectors, built only for the route a batch takes
+
+    def activations(x, upto):
+        if upto not in flats:
+            flats[upto] = _flat(vecs[..., :upto])
+        return _activations(x, flats[upto], vals[:, :upto])
 
     sq_err = torch.zeros(m, b, dtype=torch.float64, device=dev)
     moments = _CoMoments(m, b, dev)
     correct = torch.zeros(m, dtype=torch.float64, device=dev)
-    rows = 0
-    labelled = False
-    k_top = int(ks_t.max())
-    flat_top, vals_top = _flat(vecs[..., :k_top]), vals[:, :k_top]
+    rows = labelled_rows = 0
     for x, y, ref in _chunks(inputs, targets, reference, d, b, k_max, dev, vals.dtype, max_memory):
         # with the true outputs given, eigenpairs past the largest k are not needed
-        acts = _activations(x, flat, vals) if ref is None else _activations(x, flat_top, vals_top)
+        acts = activations(x, k_max if ref is None else k_top)
         partial = acts.cumsum(-1).index_select(-1, idx).double()  # (n, b, m)
         if ref is None:
             if not full:
@@ -114,18 +117,17 @@ def truncation_curve(result: DecompositionResult, inputs, ks, targets=None, *, r
         sq_err += ((partial - ref[..., None]) ** 2).sum(0).T
         moments.add(partial.permute(0, 2, 1), ref)
         if y is not None:
-            labelled = True
             pred = partial.argmax(1)  # (n, m)
             if indices is not None:
                 pred = indices[pred]
             correct += (pred == y[:, None]).double().sum(0)
-        elif labelled:
-            raise ValueError("targets were given for some batches and not others")
+            labelled_rows += x.shape[0]
         rows += x.shape[0]
     if rows == 0:
         raise ValueError("inputs is empty: no rows to evaluate")
-    if targets is not None and not labelled:
-        raise ValueError("targets were given but no batch carried them")
+    if 0 < labelled_rows < rows:
+        raise ValueError(f"targets were given for {labelled_rows} of {rows} input rows: give them for every batch or none")
+    labelled = labelled_rows > 0
 
     ref_sq = moments.sum_sq_t.clamp_min(torch.finfo(torch.float64).tiny)
     rel = (sq_err / ref_sq).sqrt()

@@ -129,3 +129,12 @@ def test_top_activations_match_a_full_sort():
         bk.top_activations(res, x, 3, k=5)
     with pytest.raises(ValueError, match="n must be a positive int"):
         bk.top_activations(res, x, 0)
+
+
+def test_targets_for_some_batches_only_are_refused():
+    _, layer, x, _ = setup()
+    res = bk.decompose(layer, [0, 1], k=None, method="eigh")
+    y = np.zeros(10, dtype=int)
+    for batches in ([x[:10], (x[10:20], y)], [(x[:10], y), x[10:20]]):
+        with pytest.raises(ValueError, match="targets were given for 10 of 20"):
+            bk.truncation_curve(res, batches, [1])
