@@ -4,6 +4,9 @@ from .decompose import decompose
 from .functional import bilinear
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
+from .collect import collect_inputs
+from .data_analysis import top_activations, truncation_curve
+from .model_directions import sae_decoder_basis, sae_encoder_directions, unembedding_directions
 from .result import DecompositionResult
 from .store import open_results
 from .solvers.krylov import ConvergenceWarning
@@ -13,4 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BilinearLayer", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
     "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
+    "collect_inputs",
+    "top_activations", "truncation_curve",
+    "sae_decoder_basis", "sae_encoder_directions", "unembedding_directions",
 ]

@@ -134,3 +134,23 @@ class BilinearLayer:
         return bilinear(x, self.w, self.v, self.p, self.w_bias, self.v_bias)
 
     __call__ = forward
+
+    # -- from the modules users hold ----------------------------------------------------------
+    @classmethod
+    def from_module(cls, module, *, allow_gated: bool = False, check: bool = True) -> "BilinearLayer":
+        """The bilinear layer of an nn.Module: a transformers gate_proj/up_proj/down_proj MLP with
+        hidden_act="linear", a TransformerLens GatedMLP whose act_fn was set to torch.nn.Identity(),
+        the published bilinear models' MLPs and blocks, `bilinear_kernels.nn.Bilinear`, or a tuple
+        (left, right[, out]) of nn.Linear meaning out(left(x) * right(x)). See
+        `bilinear_kernels.module_adapters` for each layout.
+
+        A gated module (SiLU, GELU... on W x) raises ValueError; allow_gated=True decomposes its
+        bilinear part with the activation removed, and warns. The reading is checked against the
+        module's own forward on random inputs (check=False skips that). Constant output offsets
+        (the down projection's bias, TransformerLens' b_in @ W_out + b_out) are part of no
+        interaction matrix and are left out. Weights are detached views, not copies.
+        """
+        from .module_adapters import read_module
+
+        weights = read_module(module, allow_gated=allow_gated, check=check)
+        return cls(weights.w, weights.v, weights.p, weights.w_bias, weights.v_bias)

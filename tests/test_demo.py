@@ -9,7 +9,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from bilinear_kernels import cli  # noqa: E402
-from bilinear_kernels.demo.analysis import decompose_classes, eigen_logits, truncation_curve  # noqa: E402
+from bilinear_kernels.demo.analysis import decompose_classes, eigen_logits, truncation_points  # noqa: E402
 from bilinear_kernels.demo.plots import top_by_sign  # noqa: E402
 from bilinear_kernels.demo.run import FILES  # noqa: E402
 from bilinear_kernels.demo.training import TrainingConfig, load_digits_split, train  # noqa: E402
@@ -71,7 +71,7 @@ def test_pixel_decomposition_rebuilds_the_logits(digits, hidden, method):
         logits = model64(digits.x_test.double())
     torch.testing.assert_close(eigen_logits(pixel.result, digits.x_test), logits, rtol=1e-9, atol=1e-9)
     # the truncation curve is the accuracy of the partial sums, recomputed here independently
-    curve = truncation_curve(pixel.result, digits.x_test, digits.y_test, max_k=5)
+    curve = truncation_points(pixel.result, digits.x_test, digits.y_test, max_k=5)
     for point in curve:
         partial = eigen_logits(pixel.result, digits.x_test, point["k"])
         assert point["test_accuracy"] == pytest.approx(float((partial.argmax(-1) == digits.y_test).double().mean()))

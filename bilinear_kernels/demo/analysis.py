@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data_analysis import truncation_curve
 from ..decompose import decompose
 from ..layer import BilinearLayer
 from ..result import DecompositionResult
@@ -70,11 +71,11 @@ def reconstruction_error(model: DigitsBilinear, result: DecompositionResult, x: 
     return float((logits - rebuilt).abs().max() / logits.abs().max())
 
 
-def truncation_curve(result: DecompositionResult, x: torch.Tensor, y: torch.Tensor,
-                     max_k: int = MAX_TRUNCATION_K) -> list[dict]:
-    """Test accuracy when each class keeps only its top-k eigenvectors by |λ|, k = 1..max_k."""
-    acts = result.activations(x.to(result.eigenvectors.dtype).to(result.eigenvectors.device)).cpu()
-    partial = acts[..., :max_k].cumsum(-1)  # (n, classes, k)
-    y = y.cpu()
-    return [{"k": k, "test_accuracy": float((partial[..., k - 1].argmax(-1) == y).double().mean())}
-            for k in range(1, min(max_k, acts.shape[-1]) + 1)]
+def truncation_points(result: DecompositionResult, x: torch.Tensor, y: torch.Tensor,
+                      max_k: int = MAX_TRUNCATION_K) -> list[dict]:
+    """Test accuracy (and the logits' relative error and correlation) when each class keeps only
+    its top-k eigenvectors by |λ|, k = 1..max_k: `truncation_curve` in the report's terms."""
+    ks = range(1, min(max_k, result.k) + 1)
+    curve = truncation_curve(result, x, ks, targets=y)
+    return [{"k": r["k"], "test_accuracy": r["accuracy"], "relative_error": r["relative_error"],
+             "mean_correlation": r["mean_correlation"]} for r in curve.records()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .analysis import MAX_TRUNCATION_K, decompose_classes, reconstruction_error, truncation_curve
+from .analysis import MAX_TRUNCATION_K, decompose_classes, reconstruction_error, truncation_points
 from .plots import eigenvector_grid, spectra, truncation
 from .report import write_json, write_markdown
 from .training import TrainingConfig, accuracy, load_digits_split, train
@@ -43,7 +43,7 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
     vals = res.eigenvalues.detach().cpu().numpy()
     vecs = res.eigenvectors.detach().cpu().numpy()
     test_acc = accuracy(model, data.x_test.to(dev), data.y_test.to(dev))
-    curve = truncation_curve(res, data.x_test, data.y_test, MAX_TRUNCATION_K)
+    curve = truncation_points(res, data.x_test, data.y_test, MAX_TRUNCATION_K)
 
     means = torch.stack([data.x_test[data.y_test == c].mean(0) for c in range(vals.shape[0])]).numpy()
     eigenvector_grid(vals, vecs, out / "eigenvectors.png", class_means=means)
