@@ -1,16 +1,21 @@
 """bilinear_kernels: exact, fast eigendecomposition of bilinear layers f(x) = P((W x) ⊙ (V x))."""
 from .backends import backends
 from .decompose import decompose
+from .entries import interaction_diagonal, interaction_entries
 from .functional import bilinear
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
+from .norms import interaction_norms
+from .output_svd import output_svd
 from .result import DecompositionResult
 from .store import open_results
 from .solvers.krylov import ConvergenceWarning
+from .top_interactions import top_interactions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BilinearLayer", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
     "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
+    "interaction_diagonal", "interaction_entries", "interaction_norms", "output_svd", "top_interactions",
 ]
