@@ -43,6 +43,7 @@ def index_vector(x, name: str, size: int) -> torch.Tensor:
     return t
 
 
+@torch.no_grad()  # values to read, not part of a training graph (weights may be Parameters)
 def interaction_entries(layer: BilinearLayer, directions, rows, cols, *, dtype=None, max_memory=None):
     """Q(u)[rows[m], cols[m]] for every direction u: (b, n), never forming Q.
 

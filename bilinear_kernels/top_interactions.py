@@ -27,6 +27,7 @@ def tile_bytes_per_direction(h: int, tile: int, k: int, itemsize: int) -> int:
     return (2 * h * tile + 3 * tile * tile) * itemsize + 4 * k * (2 * itemsize + INDEX_BYTES)
 
 
+@torch.no_grad()  # values to read, not part of a training graph (weights may be Parameters)
 def top_interactions(layer: BilinearLayer, directions, k: int, *, dtype=None, max_memory=None,
                      tile: int | None = None):
     """The k entries of largest |Q(u)[i, j]| with i ≤ j, for each direction.

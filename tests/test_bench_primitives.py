@@ -9,7 +9,7 @@ def test_bench_primitives_tiny_run_writes_results(tmp_path):
     (js,) = tmp_path.glob("primitives-cpu-*-scale0.004.json")
     assert json.loads(js.read_text())["command"].endswith("--out " + str(tmp_path))
     names = [row["name"] for row in data["rows"]]
-    assert names.count("top_interactions") == 2 and names.count("output_svd") == 2 and "interaction_norms" in names
+    assert names.count("top_interactions") == 2 and names.count("output_svd") == 2 and names.count("output_svd vs formed S Sᵀ") == 2 and "interaction_norms" in names
     for row in data["rows"]:
         if row["name"] == "project_input":
             continue

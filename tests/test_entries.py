@@ -106,3 +106,16 @@ def test_an_entry_that_cannot_fit_names_the_bytes():
     # one direction (64·8 bytes) and one entry (6·64·8 bytes), twice over: 7168 bytes
     with pytest.raises(MemoryError, match=r"needs 7168 bytes .* budget of 100 B"):
         bk.interaction_entries(layer, 0, [0], [1], max_memory=100)
+
+
+def test_parameters_as_weights_give_plain_results():
+    weights = random_weights(4, 6, 3)
+    params = [torch.nn.Parameter(torch.tensor(weights[n])) for n in ("w", "v", "p")]
+    layer = bk.BilinearLayer(*params)
+    q = oracle_q(weights, one_hot(3, [1]))
+    entries = bk.interaction_entries(layer, 1, [0, 2], [3, 2])
+    values, rows, cols = bk.top_interactions(layer, 1, 3)
+    sigma, _ = bk.output_svd(layer)
+    assert not entries.requires_grad and not values.requires_grad and not sigma.requires_grad
+    np.testing.assert_allclose(entries.numpy()[0], q[0, [0, 2], [3, 2]], rtol=1e-12)
+    np.testing.assert_allclose(values.numpy()[0], q[0, rows[0].numpy(), cols[0].numpy()], rtol=1e-12)
