@@ -43,7 +43,8 @@ def write_markdown(report: dict, path: Path) -> Path:
               "The published analyses eigendecompose each class in the model's hidden space and map the "
               "eigenvectors to pixels as Eᵀv (`eigenvectors_published.png`); the exact mode decomposes the "
               "pixel-space form Eᵀ Q E itself. Both rebuild the logits exactly; they disagree on the "
-              "eigenvalues and the vectors:", "",
+              "eigenvalues and the vectors. Each row compares the two modes' own largest-|λ| pairs; "
+              "where the modes put different patterns first, |cos| is small and the λ may differ in sign.", "",
               "| digit | exact top λ | published top λ | relative difference | \\|cos\\| of the top eigenvectors |",
               "|---|---|---|---|---|"]
     for row in pub:
