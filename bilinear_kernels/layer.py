@@ -154,3 +154,62 @@ class BilinearLayer:
 
         weights = read_module(module, allow_gated=allow_gated, check=check)
         return cls(weights.w, weights.v, weights.p, weights.w_bias, weights.v_bias)
+
+    # -- derived layers -------------------------------------------------------------------
+    def project_input(self, basis, offset=None, *, max_memory: int | None = None) -> "BilinearLayer":
+        """The layer on coordinates z in `basis`: x = basis @ z + offset, basis (d, F), offset (d,).
+
+        W' = W basis, V' = V basis, and the offset folded into the biases (a' = W offset + a,
+        b' = V offset + b), so the new layer's interaction matrices are basisᵀ Q basis, in the
+        homogeneous form [[basis, offset], [0, 1]] when there is a bias or an offset. F may be far
+        above d (an SAE decoder, an embedding's rows transposed: `project_input(embedding.T)`
+        gives token × token interactions). Cost: two (h, d) × (d, F) GEMMs; the new weights
+        (2·h·F numbers) must fit in `max_memory` (default: the package's budget), else a
+        MemoryError names the bytes. Work is in the working precision of the layer and the basis
+        together (float32 unless either is float64); the result keeps this layer's framework.
+        """
+        from .memory import format_bytes, memory_budget
+        from ._arrays import working_dtype
+
+        basis_t = as_tensor(basis, "basis")
+        d = self.d_in
+        if basis_t.ndim != 2 or basis_t.shape[0] != d or basis_t.shape[1] == 0:
+            raise ValueError(f"basis must be (d, F) with d = {d} (the columns of w) and F ≥ 1, "
+                             f"got basis {tuple(basis_t.shape)} and w {tuple(self.w.shape)}")
+        offset_t = None
+        if offset is not None:
+            offset_t = as_tensor(offset, "offset")
+            if offset_t.shape != (d,):
+                raise ValueError(f"offset must be ({d},) to match w {tuple(self.w.shape)}, got {tuple(offset_t.shape)}")
+        for name, t in (("basis", basis_t), ("offset", offset_t)):
+            if t is not None:
+                if t.device != self.device:
+                    raise ValueError(f"{name} is on {t.device} but the layer is on {self.device}")
+                check_finite(t, name)
+        dtype = working_dtype(torch.promote_types(self.dtype, basis_t.dtype))
+        needed = 2 * self.d_hidden * basis_t.shape[1] * dtype.itemsize
+        budget = memory_budget(self.device, max_memory)
+        if needed > budget:
+            raise MemoryError(
+                f"projecting onto a basis of {basis_t.shape[1]} vectors makes weights of 2 × "
+                f"({self.d_hidden}, {basis_t.shape[1]}) in {dtype}: {needed} bytes ({format_bytes(needed)}), "
+                f"over the memory budget of {format_bytes(budget)}; raise max_memory or use fewer basis vectors")
+        basis_t = basis_t.to(dtype)
+        w, v = self.w.to(dtype), self.v.to(dtype)
+        biases = [None if b is None else b.to(dtype) for b in (self.w_bias, self.v_bias)]
+        if offset_t is not None:
+            offset_t = offset_t.to(dtype)
+            shifts = (w @ offset_t, v @ offset_t)
+            biases = [s if b is None else b + s for b, s in zip(biases, shifts)]
+        p = None if self.p is None else self.p.to(dtype)
+        layer = BilinearLayer(w @ basis_t, v @ basis_t, p, *biases)
+        layer.framework = self.framework
+        return layer
+
+    def without_biases(self) -> "BilinearLayer":
+        """The same layer with its biases dropped: f(x) = P((W x) ⊙ (V x)). The published analyses
+        decompose this form; use it to reproduce their numbers. It is a different function from a
+        biased layer (decompose keeps the biases by default, exactly, in d + 1 dimensions)."""
+        layer = BilinearLayer(self.w, self.v, self.p)
+        layer.framework = self.framework
+        return layer

@@ -137,6 +137,54 @@ class DecompositionResult:
         proj = torch.einsum("...d,bdk->...bk", x, vecs)
         return to_framework(vals * proj**2, framework_of(self.eigenvalues))
 
+    def map_input(self, embedding, offset=None, *, biased: bool | None = None) -> "DecompositionResult":
+        """The published mode: eigenvectors found in the layer's own input space mapped through an
+        embedding, v ↦ Eᵀ v, with E (d, F) the matrix of x = E z (`embed.weight` of an image
+        model, the same matrix `layer.project_input` takes).
+
+        The mapped vectors still rebuild the output exactly, uᵀ f(E z) = Σ λᵢ ((Eᵀvᵢ)ᵀ z)², but
+        they are neither unit nor orthogonal, and they are not the eigenvectors of the exact
+        z-space form Eᵀ Q E: for those, decompose `layer.project_input(E)`. Eigenvalues and
+        residuals are kept as they are (they belong to the d-space decomposition); the vectors are
+        not renormalized or re-signed (the sign is the d-space one).
+
+        biased: the result is of a biased layer (d + 1 rows, the last one the constant 1), which is
+        carried through: the map is [[E, offset], [0, 1]]ᵀ. `offset` (d,) is the embedding's own
+        shift, x = E z + offset, and needs biased=True. None (default): what decompose recorded
+        (metadata["has_bias"]); a result without that record is taken as unbiased.
+        """
+        from ._arrays import as_tensor, check_finite
+
+        if biased is None:
+            biased = bool(self.metadata.get("has_bias", False))
+
+        framework = framework_of(self.eigenvectors)
+        vecs = torch.as_tensor(self.eigenvectors)
+        emb = as_tensor(embedding, "embedding").to(device=vecs.device, dtype=vecs.dtype)
+        check_finite(emb, "embedding")
+        rows = vecs.shape[1] - (1 if biased else 0)
+        if emb.ndim != 2 or emb.shape[0] != rows:
+            what = f"d = {rows} (the eigenvectors' {vecs.shape[1]} rows less the constant)" if biased else \
+                f"d = {rows} (the eigenvectors' rows)"
+            raise ValueError(f"embedding must be (d, F) with {what}, got embedding {tuple(emb.shape)}")
+        if offset is not None and not biased:
+            raise ValueError("an embedding offset needs biased=True: it maps into the constant coordinate "
+                             "of a biased layer's result")
+        mapped = torch.einsum("df,bdk->bfk", emb, vecs[:, :rows])
+        if biased:
+            constant = vecs[:, rows:]
+            if offset is not None:
+                shift = as_tensor(offset, "offset").to(device=vecs.device, dtype=vecs.dtype)
+                if shift.shape != (rows,):
+                    raise ValueError(f"offset must be ({rows},) to match embedding {tuple(emb.shape)}, got {tuple(shift.shape)}")
+                constant = constant + torch.einsum("d,bdk->bk", shift, vecs[:, :rows])[:, None]
+            mapped = torch.cat([mapped, constant], dim=1)
+        metadata = dict(self.metadata, mapped_input=f"published mode: E^T v through an embedding of shape {tuple(emb.shape)}")
+        return DecompositionResult(
+            eigenvalues=self.eigenvalues, eigenvectors=to_framework(mapped, framework),
+            residuals=self.residuals, method=self.method, which=self.which, indices=self.indices,
+            metadata=metadata)
+
     def save(self, path) -> None:
         """Write to a safetensors file (tensors plus JSON metadata; nothing is pickled)."""
         from safetensors.torch import save_file

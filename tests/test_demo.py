@@ -11,6 +11,7 @@ pytest.importorskip("matplotlib")
 from bilinear_kernels import cli  # noqa: E402
 from bilinear_kernels.demo.analysis import decompose_classes, eigen_logits, truncation_points  # noqa: E402
 from bilinear_kernels.demo.plots import top_by_sign  # noqa: E402
+from bilinear_kernels.demo.published import compare_modes, published_decomposition  # noqa: E402
 from bilinear_kernels.demo.run import FILES  # noqa: E402
 from bilinear_kernels.demo.training import TrainingConfig, load_digits_split, train  # noqa: E402
 
@@ -44,12 +45,19 @@ def test_demo_command_fast_mode(tmp_path, capsys):
         assert name in printed
     import matplotlib.image
 
-    for name in ("eigenvectors.png", "spectra.png", "truncation.png"):
+    for name in ("eigenvectors.png", "eigenvectors_published.png", "output_svd.png", "spectra.png", "truncation.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         pixels = matplotlib.image.imread(out / name)
         assert min(pixels.shape[:2]) > 300 and pixels[..., :3].std() > 0.05, name  # drawn, not blank
     markdown = (out / "report.md").read_text()
     assert f"{100 * report['accuracy']['test']:.2f}%" in markdown and "| 20 |" in markdown
+    # the published mode beside the exact one, and the whole tensor's output SVD
+    modes = report["published_mode"]["classes"]
+    assert len(modes) == 10 and all(0 <= m["top_eigenvector_abs_cos"] <= 1 + 1e-9 for m in modes)
+    assert "## Published mode beside the exact one" in markdown and "## Output SVD of the layer" in markdown
+    svd = report["output_svd"]
+    assert len(svd["singular_values"]) == 64 and svd["singular_values"] == sorted(svd["singular_values"], reverse=True)
+    assert 0 < svd["share_of_squares_top"]["1"] <= svd["share_of_squares_top"]["10"] <= 1 + 1e-12
 
 
 def test_training_is_reproducible(digits):
@@ -75,6 +83,50 @@ def test_pixel_decomposition_rebuilds_the_logits(digits, hidden, method):
     for point in curve:
         partial = eigen_logits(pixel.result, digits.x_test, point["k"])
         assert point["test_accuracy"] == pytest.approx(float((partial.argmax(-1) == digits.y_test).double().mean()))
+
+
+def test_published_mode_rebuilds_the_logits_but_is_not_the_exact_decomposition(digits):
+    trained = train(digits, TrainingConfig(epochs=3, hidden=24), torch.device("cpu"), progress=False)
+    published = published_decomposition(trained.model)
+    exact = decompose_classes(trained.model).result
+    assert published.eigenvectors.shape == (10, 64, 24)  # hidden-space spectrum, mapped to 64 pixels
+    with torch.no_grad():
+        logits = trained.model.double()(digits.x_test.double())
+    torch.testing.assert_close(eigen_logits(published, digits.x_test), logits, rtol=1e-9, atol=1e-9)
+    rows = compare_modes(exact, published)
+    # the top eigenvalues differ between the modes (the hidden space is not orthonormally the pixels)
+    assert max(r["relative_difference"] for r in rows) > 1e-3
+    for r in rows:
+        v = published.eigenvectors[r["digit"], :, 0]
+        cos = float((exact.eigenvectors[r["digit"], :, 0] @ v).abs() / v.norm())
+        assert r["top_eigenvector_abs_cos"] == pytest.approx(cos)
+
+
+def test_eigenvector_panels_share_one_colour_scale_per_row(tmp_path, monkeypatch):
+    from bilinear_kernels.demo import plots
+
+    shown = []
+    real = plots._pyplot
+
+    def recording():
+        plt = real()
+        original = plt.Axes.imshow
+
+        def imshow(self, data, *args, **kwargs):
+            shown.append((np.array(data), kwargs.get("vmin"), kwargs.get("vmax")))
+            return original(self, data, *args, **kwargs)
+
+        monkeypatch.setattr(plt.Axes, "imshow", imshow)
+        return plt
+
+    monkeypatch.setattr(plots, "_pyplot", recording)
+    values = np.array([[4.0, 0.01, -1.0, -0.25]])
+    vectors = np.zeros((1, 64, 4))
+    vectors[0, 0] = 1.0  # unit vectors: only √|λ| tells them apart
+    plots.eigenvector_grid(values, vectors, tmp_path / "grid.png", n=2)
+    assert len(shown) == 4
+    assert all(vmin == -2.0 and vmax == 2.0 for _, vmin, vmax in shown)  # the row's max √|λ|·|v|
+    assert sorted(float(data.max()) for data, _, _ in shown) == pytest.approx([0.1, 0.5, 1.0, 2.0])
 
 
 def test_top_by_sign_picks_each_end():

@@ -27,53 +27,91 @@ def top_by_sign(values: np.ndarray, n: int) -> tuple[list[int], list[int]]:
     return positive, negative
 
 
+SIGN_NOTE = ("An eigenvector's sign is arbitrary (v and −v are the same eigenvector); each is shown with "
+             "its largest-|entry| positive.")
+PUBLISHED_SIGN_NOTE = ("An eigenvector's sign is arbitrary; each hidden-space eigenvector has its largest-|entry| "
+                       "positive before it is mapped, so an image's own largest pixel may be negative.")
+
+
 def eigenvector_grid(values: np.ndarray, vectors: np.ndarray, path: Path, n: int = 4,
-                     class_means: np.ndarray | None = None) -> Path:
+                     class_means: np.ndarray | None = None, title: str | None = None,
+                     note: str | None = None, sign_note: str = SIGN_NOTE) -> Path:
     """One row per digit: its n top positive then n top negative eigenvectors as 8×8 images.
 
     values (classes, k), vectors (classes, 64, k); class_means (classes, 64), optional, is shown
-    in grey in a first column for reference. Each eigenvector image is scaled to its own max
-    |entry| with the colormap centred at zero, so a pixel's colour says its sign and relative weight.
+    in grey in a first column for reference. Each panel shows √|λ|·v, the pixel weights of its term
+    λ (vᵀx)² = ±(√|λ| vᵀx)², and every panel of a row shares one colour scale (the bar at the row's
+    end gives it), so a weak eigenvector looks weak beside a strong one of the same digit.
     """
     plt = _pyplot()
     classes = values.shape[0]
     lead = 1 if class_means is not None else 0
     cols = lead + 2 * n
-    fig, axes = plt.subplots(classes, cols, figsize=(1.15 * cols + 1.4, 1.22 * classes + 0.9), squeeze=False,
-                             gridspec_kw={"wspace": 0.15, "hspace": 0.42, "left": 0.09, "right": 0.88,
-                                          "top": 1 - 0.75 / (1.22 * classes + 0.9), "bottom": 0.01})
+    height = 1.22 * classes + 1.5
+    fig, axes = plt.subplots(classes, cols, figsize=(1.15 * cols + 1.9, height), squeeze=False,
+                             gridspec_kw={"wspace": 0.15, "hspace": 0.42, "left": 0.08, "right": 0.86,
+                                          "top": 1 - 0.75 / height, "bottom": 0.7 / height})
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-    image = None
     for c in range(classes):
         if lead:
             axes[c, 0].imshow(class_means[c].reshape(8, 8), cmap="Greys", interpolation="nearest")
         positive, negative = top_by_sign(values[c], n)
         slots = positive + [None] * (n - len(positive)) + negative + [None] * (n - len(negative))
+        shown = [i for i in slots if i is not None]
+        weights = {i: np.sqrt(abs(values[c, i])) * vectors[c, :, i] for i in shown}
+        scale = max((float(np.abs(wt).max()) for wt in weights.values()), default=0.0) or 1.0
+        image = None
         for j, i in enumerate(slots):
             if i is None:
                 continue
             ax = axes[c, lead + j]
-            img = vectors[c, :, i].reshape(8, 8)
-            scale = float(np.abs(img).max()) or 1.0
-            image = ax.imshow(img / scale, cmap=CMAP, vmin=-1, vmax=1, interpolation="nearest")
+            image = ax.imshow(weights[i].reshape(8, 8), cmap=CMAP, vmin=-scale, vmax=scale, interpolation="nearest")
             ax.set_title(f"λ={values[c, i]:+.2f}", fontsize=7, pad=2)
         axes[c, 0].set_ylabel(f"digit {c}", fontsize=9, rotation=0, ha="right", va="center", labelpad=6)
+        if image is not None:
+            box = axes[c, -1].get_position()
+            cax = fig.add_axes([box.x1 + 0.012, box.y0, 0.012, box.height])
+            cbar = fig.colorbar(image, cax=cax, ticks=[-scale, 0, scale])
+            cbar.ax.set_yticklabels([f"{-scale:.2g}", "0", f"{scale:.2g}"], fontsize=6)
     headers = (["mean"] if lead else []) + [f"+{j + 1}" for j in range(n)] + [f"−{j + 1}" for j in range(n)]
     for j, label in enumerate(headers):
         axes[0, j].annotate(label, (0.5, 1.32), xycoords="axes fraction", ha="center", va="bottom",
                             fontsize=8, weight="bold")
-    fig.suptitle("Eigenvectors of each digit's logit in pixel space: "
-                 f"+ the {n} largest positive λ (evidence for), − the {n} most negative (evidence against)",
+    fig.suptitle(title or ("Eigenvectors of each digit's logit in pixel space: "
+                           f"+ the {n} largest positive λ (evidence for), − the {n} most negative (evidence against)"),
                  fontsize=9, y=0.998)
-    if image is not None:
-        cax = fig.add_axes([0.905, 0.35, 0.015, 0.3])
-        cbar = fig.colorbar(image, cax=cax, ticks=[-1, 0, 1])
-        cbar.ax.set_yticklabels(["−max", "0", "+max"], fontsize=7)
-        cbar.set_label("each image scaled to its own max |entry|", fontsize=7)
+    fig.text(0.5, 0.45 / height, "Each panel shows √|λ|·v on one colour scale per row (the bar at the row's end). "
+             + sign_note, ha="center", va="center", fontsize=7.5)
+    if note:
+        fig.text(0.5, 0.2 / height, note, ha="center", va="center", fontsize=7.5, style="italic")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def output_spectrum(singular_values: np.ndarray, path: Path) -> Path:
+    """The output-mode singular values of the whole interaction tensor, with their cumulative share
+    of Σσ² (how many output directions carry the layer)."""
+    plt = _pyplot()
+    sigma = np.asarray(singular_values, dtype=float)
+    share = np.cumsum(sigma**2) / max(float((sigma**2).sum()), np.finfo(float).tiny)
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    ranks = np.arange(1, len(sigma) + 1)
+    ax.bar(ranks, sigma, color="#2c6fb0", width=0.85, label="σᵢ")
+    ax.set_xlabel("output component i")
+    ax.set_ylabel("singular value σᵢ")
+    twin = ax.twinx()
+    twin.plot(ranks, 100 * share, color="#c0392b", marker=".", ms=3, label="cumulative share of Σσ²")
+    twin.set_ylabel("cumulative share of Σσ² (%)")
+    twin.set_ylim(0, 101)
+    ax.set_title("Output SVD of the layer's interaction tensor in pixel space, unfolded as (o, d²)", fontsize=9)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, ["σᵢ", "cumulative share of Σσ²"], loc="center right", fontsize=8)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

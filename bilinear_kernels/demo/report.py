@@ -38,6 +38,24 @@ def write_markdown(report: dict, path: Path) -> Path:
     for row in dec["classes"]:
         lines.append(f"| {row['digit']} | {row['top_abs_eigenvalue']:+.3f} | {row['top_positive']:+.3f} | "
                      f"{row['top_negative']:+.3f} | {100 * row['top5_share_of_squared_eigenvalues']:.0f}% |")
+    pub = report["published_mode"]["classes"]
+    lines += ["", "## Published mode beside the exact one", "",
+              "The published analyses eigendecompose each class in the model's hidden space and map the "
+              "eigenvectors to pixels as Eᵀv (`eigenvectors_published.png`); the exact mode decomposes the "
+              "pixel-space form Eᵀ Q E itself. Both rebuild the logits exactly; they disagree on the "
+              "eigenvalues and the vectors. Each row compares the two modes' own largest-|λ| pairs; "
+              "where the modes put different patterns first, |cos| is small and the λ may differ in sign.", "",
+              "| digit | exact top λ | published top λ | relative difference | \\|cos\\| of the top eigenvectors |",
+              "|---|---|---|---|---|"]
+    for row in pub:
+        lines.append(f"| {row['digit']} | {row['exact_top_eigenvalue']:+.3f} | {row['published_top_eigenvalue']:+.3f} | "
+                     f"{100 * row['relative_difference']:.0f}% | {row['top_eigenvector_abs_cos']:.2f} |")
+    svd = report["output_svd"]
+    top = ", ".join(f"{x:.3g}" for x in svd["singular_values"][:10])
+    shares = ", ".join(f"top {n}: {100 * v:.0f}%" for n, v in svd["share_of_squares_top"].items())
+    lines += ["", "## Output SVD of the layer", "",
+              f"Singular values of {svd['of']} (`output_svd.png`), largest first: {top}, ...",
+              f"Share of Σσ² — {shares}; {svd['components_for_90_percent']} output components hold 90%."]
     lines += ["", "## Truncation", "",
               "Test accuracy when each class keeps only its top-k eigenvectors by |λ| "
               f"(full model: {100 * acc['test']:.2f}%):", "",

@@ -8,13 +8,17 @@ from pathlib import Path
 
 import torch
 
+from ..output_svd import output_svd
 from .analysis import MAX_TRUNCATION_K, decompose_classes, reconstruction_error, truncation_points
-from .plots import eigenvector_grid, spectra, truncation
+from .plots import PUBLISHED_SIGN_NOTE, eigenvector_grid, output_spectrum, spectra, truncation
+from .published import compare_modes, published_decomposition
 from .report import write_json, write_markdown
 from .training import TrainingConfig, accuracy, load_digits_split, train
 
 FILES = {
     "eigenvectors.png": "top positive and negative eigenvectors of each digit as 8×8 images",
+    "eigenvectors_published.png": "the same for the published mode (hidden-space eigenvectors mapped to pixels, Eᵀv)",
+    "output_svd.png": "output-mode singular values of the layer's whole interaction tensor in pixel space",
     "spectra.png": "eigenvalue spectrum of each digit's interaction matrix",
     "truncation.png": "test accuracy keeping the top-k eigenvectors per class, k = 1..20",
     "report.json": "every number of this run",
@@ -46,7 +50,17 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
     curve = truncation_points(res, data.x_test, data.y_test, MAX_TRUNCATION_K)
 
     means = torch.stack([data.x_test[data.y_test == c].mean(0) for c in range(vals.shape[0])]).numpy()
-    eigenvector_grid(vals, vecs, out / "eigenvectors.png", class_means=means)
+    eigenvector_grid(vals, vecs, out / "eigenvectors.png", class_means=means,
+                     note="Exact mode: eigenvectors of each logit's pixel-space form Eᵀ Q E, orthonormal.")
+    published = published_decomposition(model)
+    eigenvector_grid(published.eigenvalues.cpu().numpy(), published.eigenvectors.cpu().numpy(),
+                     out / "eigenvectors_published.png", class_means=means,
+                     title="Published mode: each digit's eigenvectors found in hidden space, mapped to pixels as Eᵀv",
+                     note="Published mode: Eᵀv rebuilds the logits exactly but is not orthonormal in pixel space, "
+                          "so these are not the exact mode's eigenvectors.", sign_note=PUBLISHED_SIGN_NOTE)
+    sigma, _ = output_svd(pixel.layer)
+    sigma = sigma.cpu().numpy()
+    output_spectrum(sigma, out / "output_svd.png")
     spectra(vals, out / "spectra.png")
     truncation(curve, test_acc, out / "truncation.png")
 
@@ -67,6 +81,11 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
             "max_residual": float(res.residuals.abs().max()),
             "classes": [_class_summary(c, vals[c]) for c in range(vals.shape[0])],
         },
+        "published_mode": {
+            "what": "hidden-space eigendecomposition of each class, eigenvectors mapped to pixels as E^T v",
+            "classes": compare_modes(res, published),
+        },
+        "output_svd": _svd_summary(sigma),
         "truncation": curve,
         "truncation_summary": {"full_test_accuracy": test_acc, "smallest_k_within_1pt": within},
         "files": dict(FILES),
@@ -86,6 +105,16 @@ def _class_summary(digit: int, values) -> dict:
             "top_positive": float(max(values.max(), 0.0)), "top_negative": float(min(values.min(), 0.0)),
             "top5_share_of_squared_eigenvalues": float(energy[:5].sum() / energy.sum()),
             "top_eigenvalues": [float(v) for v in values[:MAX_TRUNCATION_K]]}
+
+
+def _svd_summary(sigma) -> dict:
+    """The output-mode singular values of the pixel-space tensor and the share of Σσ² they hold."""
+    energy = sigma**2
+    share = energy.cumsum() / energy.sum()
+    return {"of": "the bilinear layer in pixel space (W E, V E, P), tensor unfolded as (o, d^2)",
+            "singular_values": [float(x) for x in sigma],
+            "share_of_squares_top": {str(n): float(share[n - 1]) for n in (1, 5, 10) if n <= len(sigma)},
+            "components_for_90_percent": int((share < 0.9).sum()) + 1}
 
 
 def _version() -> str:

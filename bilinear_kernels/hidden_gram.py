@@ -1,0 +1,30 @@
+"""The h × h matrix M behind whole-tensor quantities, by row blocks under the memory budget.
+
+For the symmetrized tensor S[a] = ½(B[a] + B[a]ᵀ), B[a] = Wᵀ diag(P[a]) V (homogeneous W̃, Ṽ for
+a biased layer), the Frobenius inner products are ⟨Q(c), Q(c')⟩ = cᵀ M c' with
+
+    M = ½ ((W Wᵀ) ⊙ (V Vᵀ) + (W Vᵀ) ⊙ (V Wᵀ))
+
+(⟨B(c), B(c')⟩ = cᵀ((WWᵀ) ⊙ (VVᵀ))c' and tr(B(c) B(c')) = cᵀ((WVᵀ) ⊙ (VWᵀ))c'). So ‖Q(u)‖²_F =
+cᵀ M c and the o × o Gram matrix of the (o, d²) unfolding is P M Pᵀ. A block of r rows costs four
+(r, d) × (d, h) GEMMs; the whole M, 4·h²·d multiply-adds.
+"""
+from __future__ import annotations
+
+import torch
+
+from .memory import chunk_size
+
+# the four (r, h) products and the two Hadamard products of a block, per row, in numbers
+BLOCK_NUMBERS_PER_ROW = 6
+
+
+def gram_block(w: torch.Tensor, v: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows start..stop of M, (r, h). Out of place, so autograd can differentiate it."""
+    wr, vr = w[start:stop], v[start:stop]
+    return 0.5 * ((wr @ w.mT) * (vr @ v.mT) + (wr @ v.mT) * (vr @ w.mT))
+
+
+def gram_rows_per_block(h: int, itemsize: int, budget: int, extra_per_row: int = 0, what: str = "a row of M") -> int:
+    """Rows of M per block so that a block's temporaries and `extra_per_row` bytes per row fit."""
+    return chunk_size(h, BLOCK_NUMBERS_PER_ROW * h * itemsize + extra_per_row, budget, what)

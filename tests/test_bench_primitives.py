@@ -1,0 +1,26 @@
+"""The primitives benchmark runs end to end at tiny shapes and records what it measured."""
+import json
+
+from benchmarks import bench_primitives
+
+
+def test_bench_primitives_tiny_run_writes_results(tmp_path):
+    data = bench_primitives.main(["--scale", "0.004", "--repeats", "1", "--note", "a test", "--out", str(tmp_path)])
+    (js,) = tmp_path.glob("primitives-cpu-*-scale0.004.json")
+    assert json.loads(js.read_text())["command"].endswith("--out " + str(tmp_path))
+    names = [row["name"] for row in data["rows"]]
+    assert names.count("top_interactions") == 2 and names.count("output_svd") == 2 and names.count("output_svd vs formed S Sᵀ") == 2 and "interaction_norms" in names
+    for row in data["rows"]:
+        if row["name"] == "project_input":
+            continue
+        assert row["ours"]["status"] == "ok" and len(row["ours"]["samples"]) == 1
+        assert row["peer"]["status"] == "ok" and row["ratio"] > 0
+        assert row["max_relative_difference"] < 1e-4  # ours and the einsum agree (float32)
+    md = js.with_suffix(".md").read_text()
+    assert "Note: a test" in md and "| top_interactions |" in md
+
+
+def test_a_peer_too_big_for_memory_is_not_run():
+    row = bench_primitives.run_pair("x", {}, lambda: bench_primitives.torch.zeros(1), lambda: 1 / 0,
+                                    peer_bytes=1 << 60, repeats=1, compare=None)
+    assert row["peer"]["status"].startswith("not run: needs about") and "ratio" not in row
