@@ -36,7 +36,8 @@ def cmd_decompose(args) -> int:
     plan = pipeline.plan_output(args.out)  # before the checkpoint is read
     target = pipeline.resolve_target(args.checkpoint, layer=args.layer, directions=args.directions,
                                      allow_gated=args.allow_gated, fold_embedding=args.fold_embedding,
-                                     fold_norms=args.fold_norms, device=args.device)
+                                     fold_norms=args.fold_norms, ignore_biases=args.ignore_biases,
+                                     map_embedding=args.map_embedding, device=args.device)
     outcome = pipeline.run_target(target, k=args.k, which=args.which, method=args.method, dtype=args.dtype,
                                   tol=args.tol, chunk=args.chunk, out=args.out, resume=args.resume,
                                   progress=not args.quiet, on_note=_print_note)
@@ -221,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "a model whose config does not say, dropping the activation")
     dec.add_argument("--fold-embedding", action="store_true",
                      help="image models, layer 0: fold embed.weight in, so eigenvectors live in input space")
+    dec.add_argument("--map-embedding", action="store_true",
+                     help="image models, layer 0: the published mode: eigenvectors of the hidden-space form, "
+                          "mapped to the input as embed.weightᵀ v (not orthonormal there; exclusive with "
+                          "--fold-embedding, the exact input-space decomposition)")
+    dec.add_argument("--ignore-biases", action="store_true",
+                     help="drop the layer's biases and decompose P((W x) ⊙ (V x)), as the published analyses do "
+                          "(the default keeps them, exactly, in d + 1 dimensions)")
     dec.add_argument("--fold-norms", action="store_true",
                      help="language models: fold the gain of the norm before the MLP into W, V and the final "
                           "norm's into the unembedding (a norm without parameters: the identity, said in a note)")

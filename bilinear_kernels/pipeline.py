@@ -67,18 +67,30 @@ class DecompositionTarget:
     metadata: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ids: list[int] | None = None
+    # published mode: an embedding E (d, F) that each eigenvector is mapped through (Eᵀ v) after
+    # decomposing, see DecompositionResult.map_input; None for the exact decomposition
+    input_map: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.directions.shape[0]
 
 
 def resolve_target(checkpoint, *, layer: int | None = None, directions: str, allow_gated: bool = False,
-                   fold_embedding: bool = False, fold_norms: bool = False, device=None,
-                   hash_checkpoint: bool = True) -> DecompositionTarget:
+                   fold_embedding: bool = False, fold_norms: bool = False, ignore_biases: bool = False,
+                   map_embedding: bool = False, device=None, hash_checkpoint: bool = True) -> DecompositionTarget:
     """Load layer `layer` of `checkpoint` onto `device` and parse `directions` (a string such as
     "classes", "vocab", "0,5,7", "contrast:3", "sae.safetensors:W_enc:T"; see output_directions)
     against its readout. The metadata holds the checkpoint's SHA-256 (hash_checkpoint=False skips
-    hashing, e.g. for a quick look at a large model)."""
+    hashing, e.g. for a quick look at a large model).
+
+    ignore_biases: decompose P((W x) ⊙ (V x)) with the biases dropped, as the published analyses
+    do (a different function from the layer's own; the default keeps them, exactly).
+    map_embedding: the published mode of image models: decompose layer 0 in its own (hidden) space
+    and map each eigenvector through the embedding, Eᵀ v (not orthonormal in pixel space);
+    fold_embedding is the exact pixel-space decomposition instead. The two are exclusive."""
+    if map_embedding and fold_embedding:
+        raise ValueError("map_embedding and fold_embedding are exclusive: the published mode maps hidden-space "
+                         "eigenvectors through the embedding, the exact mode decomposes the pixel-space form")
     dev = resolve_device(device)
     loaded = load_layer(checkpoint, layer, allow_gated=allow_gated, fold_embedding=fold_embedding,
                         fold_norms=fold_norms, device=dev)
@@ -87,12 +99,41 @@ def resolve_target(checkpoint, *, layer: int | None = None, directions: str, all
             "direction_ids": resolved.ids, "direction_description": resolved.description,
             "n_directions": len(resolved), "allow_gated": allow_gated, "fold_embedding": fold_embedding,
             "fold_norms": fold_norms}
+    notes = list(loaded.notes)
+    decomposed = loaded.layer
+    if ignore_biases:
+        meta["ignore_biases"] = True
+        if decomposed.has_bias:
+            decomposed = decomposed.without_biases()
+            meta["bias"] = False
+            notes.append("biases ignored (as the published analyses do): decomposing P((W x) ⊙ (V x)), "
+                         "which is not the layer's own function")
+    input_map = None
+    if map_embedding:
+        input_map = _embedding_to_map(checkpoint, loaded, dev)
+        meta["map_embedding"] = True
+        notes.append(f"published mode: eigenvectors found in the layer's {decomposed.d_in}-dim hidden space, "
+                     f"then mapped to the {input_map.shape[1]}-dim input as embed.weightᵀ v (not orthonormal "
+                     "there; --fold-embedding gives the exact input-space eigenvectors)")
     if hash_checkpoint:
         hashes = {f: file_sha256(f) for f in loaded.files}
         meta["checkpoint_sha256"] = checkpoint_sha256(loaded.files, hashes)
         meta["checkpoint_files"] = {f.name: h for f, h in hashes.items()}
-    return DecompositionTarget(loaded.layer, resolved.directions.to(dev), resolved.description, meta,
-                               list(loaded.notes), resolved.ids)
+    return DecompositionTarget(decomposed, resolved.directions.to(dev), resolved.description, meta,
+                               notes, resolved.ids, input_map)
+
+
+def _embedding_to_map(checkpoint, loaded, device) -> torch.Tensor:
+    """embed.weight (d_hidden, d_input) of an image model whose layer 0 was loaded."""
+    from .checkpoints import open_checkpoint
+
+    if loaded.layout != "bilinear-image":
+        raise CheckpointError(f"map_embedding needs a model with an input embedding (an image model's "
+                              f"embed.weight); {checkpoint} is a {loaded.layout} checkpoint")
+    if loaded.index != 0:
+        raise CheckpointError(f"map_embedding needs layer 0 (the block that reads the embedding), got layer {loaded.index}")
+    embed = open_checkpoint(checkpoint).get("embed.weight", (loaded.layer.d_in, None), " (the input embedding to map through)")
+    return embed.to(device=device, dtype=loaded.layer.dtype)
 
 
 def target_from_layer(layer: BilinearLayer, directions, *, ids=None, description: str | None = None,
@@ -278,6 +319,8 @@ def decompose_target(target: DecompositionTarget, *, k: int | None, which: str =
     parts = [part for _, _, part in iter_decomposition_chunks(
         target, k=k, which=which, method=method, dtype=dtype, tol=tol, chunk=chunk, progress=progress)]
     result = concatenate(parts)
+    if target.input_map is not None:
+        result = result.map_input(target.input_map)
     from . import __version__
 
     result.metadata.update(target.metadata)
@@ -336,6 +379,10 @@ def run_target(target: DecompositionTarget, *, k: int | None = None, which: str 
 
         progress = sys.stderr.isatty()
     if plan.kind == "store":
+        if target.input_map is not None:
+            raise ValueError("map_embedding writes a result file or returns the result; a sweep store keeps the "
+                             "exact eigenvectors only (decompose into a .safetensors file, or map each chunk with "
+                             "DecompositionResult.map_input)")
         return _run_store(target, plan.path, k=k_used, which=which, method=method, tol=tol, dtype=dtype,
                           chunk=chunk, resume=resume, progress=progress)
     result = decompose_target(target, k=k, which=which, method=method, dtype=dtype, tol=tol,
@@ -364,13 +411,14 @@ def decompose_checkpoint(checkpoint, *, directions: str, layer: int | None = Non
                          which: str = "LM", method: str = "auto", dtype=None, tol: float | None = None,
                          chunk: int | None = None, device=None, out=None, resume: bool = True,
                          allow_gated: bool = False, fold_embedding: bool = False, fold_norms: bool = False,
-                         progress: bool | None = None, on_note: Callable[[str], None] | None = None):
+                         ignore_biases: bool = False, map_embedding: bool = False, progress: bool | None = None, on_note: Callable[[str], None] | None = None):
     """resolve_target, then run_target: one layer of a checkpoint along `directions`, into memory,
     a .safetensors file or a sweep store (see run_target for `out`). The output path is checked
     before the checkpoint is read."""
     plan_output(out)
     target = resolve_target(checkpoint, layer=layer, directions=directions, allow_gated=allow_gated,
-                            fold_embedding=fold_embedding, fold_norms=fold_norms, device=device)
+                            fold_embedding=fold_embedding, fold_norms=fold_norms, ignore_biases=ignore_biases,
+                            map_embedding=map_embedding, device=device)
     return run_target(target, k=k, which=which, method=method, dtype=dtype, tol=tol, chunk=chunk, out=out,
                       resume=resume, progress=progress, on_note=on_note)
 

@@ -374,3 +374,17 @@ def test_fold_norms_names_what_it_folded(tmp_path, capsys):
     assert code == 0, err
     assert "note: transformer.h.1.n2.norm.weight folded into W and V" in err
     assert "note: transformer.n_f.norm.weight folded into the unembedding rows" in err
+
+
+def test_map_embedding_and_ignore_biases_from_the_command_line(tmp_path):
+    write_bilinear_image(tmp_path / "img", n_layer=1, bias=True)
+    out = tmp_path / "published.safetensors"
+    proc = run_module("decompose", tmp_path / "img", "--layer", "0", "--directions", "classes", "--map-embedding",
+                      "--ignore-biases", "--k", "3", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "published mode" in proc.stderr and "biases ignored" in proc.stderr
+    res = DecompositionResult.load(out)
+    assert res.eigenvectors.shape == (5, 16, 3) and res.metadata["map_embedding"]
+    both = run_module("decompose", tmp_path / "img", "--layer", "0", "--directions", "classes", "--map-embedding",
+                      "--fold-embedding", "--out", tmp_path / "x.safetensors")
+    assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1 and "exclusive" in both.stderr

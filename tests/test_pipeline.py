@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import bilinear_kernels as bk
+from bilinear_kernels import checkpoints as bk_checkpoints
 from bilinear_kernels import pipeline
 from bilinear_kernels.result import DecompositionResult
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_plain
@@ -177,3 +178,59 @@ def test_default_chunk_keeps_full_spectra_of_wide_layers_inside_the_budget():
     assert pipeline.default_chunk(wide, 16) == pipeline.DEFAULT_CHUNK
     narrow = bk.BilinearLayer(torch.randn(4, 8), torch.randn(4, 8))
     assert pipeline.default_chunk(narrow, None) == pipeline.DEFAULT_CHUNK
+
+
+def _image_logits(t: dict, z: torch.Tensor, bias: bool) -> torch.Tensor:
+    """Class logits of a one-block image model (no residual) on inputs z, in float64."""
+    x = z @ t["embed.weight"].T
+    pre = x @ t["blocks.0.weight"].T + (t["blocks.0.bias"] if bias else 0)
+    left, right = pre.chunk(2, dim=-1)
+    return (left * right) @ t["head.weight"].T
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_map_embedding_is_the_published_mode_and_rebuilds_the_logits(tmp_path, bias):
+    t = write_bilinear_image(tmp_path / "img", n_layer=1, bias=bias)
+    res = pipeline.decompose_checkpoint(tmp_path / "img", layer=0, directions="classes", map_embedding=True,
+                                        progress=False)
+    hidden = pipeline.decompose_checkpoint(tmp_path / "img", layer=0, directions="classes", progress=False)
+    d_input = t["embed.weight"].shape[1]
+    assert res.eigenvectors.shape == (5, d_input + (1 if bias else 0), hidden.k)
+    assert res.metadata["map_embedding"] and any("published mode" in n for n in res.metadata["notes"])
+    torch.testing.assert_close(res.eigenvalues, hidden.eigenvalues)
+    z = torch.randn(7, d_input, dtype=torch.float64)
+    torch.testing.assert_close(res.activations(z).sum(-1), _image_logits(t, z, bias), rtol=1e-9, atol=1e-9)
+    exact = pipeline.decompose_checkpoint(tmp_path / "img", layer=0, directions="classes", fold_embedding=True,
+                                          progress=False)
+    torch.testing.assert_close(exact.activations(z).sum(-1), _image_logits(t, z, bias), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(exact.eigenvalues[:, :3], res.eigenvalues[:, :3], rtol=1e-3)
+
+
+def test_map_embedding_refusals(tmp_path):
+    write_bilinear_image(tmp_path / "img", n_layer=2)
+    write_bilinear_lm(tmp_path / "lm")
+    with pytest.raises(ValueError, match="exclusive"):
+        pipeline.resolve_target(tmp_path / "img", layer=0, directions="classes", map_embedding=True,
+                                fold_embedding=True)
+    with pytest.raises(bk_checkpoints.CheckpointError, match="needs layer 0"):
+        pipeline.resolve_target(tmp_path / "img", layer=1, directions="classes", map_embedding=True)
+    with pytest.raises(bk_checkpoints.CheckpointError, match="input embedding"):
+        pipeline.resolve_target(tmp_path / "lm", layer=0, directions="0", map_embedding=True)
+    target = pipeline.resolve_target(tmp_path / "img", layer=0, directions="classes", map_embedding=True)
+    with pytest.raises(ValueError, match="sweep store keeps the exact eigenvectors"):
+        pipeline.run_target(target, k=2, out=tmp_path / "store", progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+def test_ignore_biases_decomposes_the_unbiased_form_and_says_so(tmp_path):
+    t = write_plain(tmp_path / "layer.safetensors", bias=True)
+    notes = []
+    res = pipeline.decompose_checkpoint(tmp_path / "layer.safetensors", directions="0,2", ignore_biases=True,
+                                        progress=False, on_note=notes.append)
+    plain = bk.BilinearLayer(t["w"], t["v"], t["p"])
+    want = bk.decompose(plain, [0, 2])
+    assert res.eigenvectors.shape == want.eigenvectors.shape  # d dimensions, not d + 1
+    torch.testing.assert_close(res.eigenvalues, want.eigenvalues, rtol=1e-10, atol=1e-10)
+    assert any("biases ignored" in n for n in notes) and res.metadata["ignore_biases"]
+    biased = pipeline.decompose_checkpoint(tmp_path / "layer.safetensors", directions="0,2", progress=False)
+    assert biased.eigenvectors.shape[1] == want.eigenvectors.shape[1] + 1
