@@ -159,25 +159,69 @@ def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
 
 def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
     w, v = layer.homogeneous(dtype)
-    h, d = w.shape
+    d = w.shape[1]
     op = InteractionOperator(w, v)
     p = min(knobs["block_size"] or default_block_size(k, d, layer.device), d)
     m = min(knobs["max_basis"] or default_max_basis(k, p, d), d)
-    # basis and T, the two product temporaries of width p, and the final vectors
-    per = (d * m + m * m + 4 * h * p + 2 * d * p + 2 * d * k) * dtype.itemsize
-    step = min(chunk_size(len(dirs), per, budget, "method='lanczos'"), max(1, LANCZOS_MAX_COLUMNS // p))
-    spent = []
+    step = _lanczos_step(len(dirs), d, w.shape[0], k, p, m, dtype, budget)
+    spent, widened = [], {}
     for start in chunk_starts(len(dirs), step, progress, "lanczos"):
         sub = dirs.chunk(start, min(start + step, len(dirs)))
         c = sub.coefficients(layer, dtype)
-        run = krylov_topk(op.apply_rows, c, d, k, which, tol, block_size=p, max_basis=m,
-                          max_products=knobs["max_products"], seed=knobs["seed"])
-        spent.append(run.products)
+        vals, vecs, res, products, blocks = _lanczos_resolving_clusters(op, c, d, k, which, tol, p, m, dtype,
+                                                                       budget, knobs)
+        spent.append(products)
+        widened.update({start + i: int(b) for i, b in enumerate(blocks.tolist()) if b > p})
         # the Krylov recurrence gives ‖Q y − θ y‖ without another product (tests hold it to the truth)
-        yield start, start + len(sub), run.values, run.vectors, run.residuals
+        yield start, start + len(sub), vals, vecs, res
     products = torch.cat(spent).float()
     extra.update(block_size=p, max_basis=m, products_mean=round(float(products.mean()), 1),
                  products_max=int(products.max()))
+    if widened:
+        # directions whose wanted eigenvalues held a cluster as wide as the block, rerun with a
+        # wider one: position in the directions given -> the block size that resolved it
+        extra.update(widened_block={str(i): b for i, b in sorted(widened.items())})
+
+
+def _lanczos_step(n, d, h, k, p, m, dtype, budget):
+    """Directions per Krylov batch: the basis and T, the two product temporaries of width p and
+    the final vectors within the budget, and at most LANCZOS_MAX_COLUMNS columns a product."""
+    per = (d * m + m * m + 4 * h * p + 2 * d * p + 2 * d * k) * dtype.itemsize
+    return min(chunk_size(n, per, budget, "method='lanczos'"), max(1, LANCZOS_MAX_COLUMNS // p))
+
+
+def _lanczos_resolving_clusters(op, c, d, k, which, tol, p, m, dtype, budget, knobs):
+    """krylov_topk on coefficient rows c, rerun with a doubled block for the directions whose
+    wanted eigenvalues hold a cluster (values equal within their residual bounds) as wide as the
+    block: a block of p vectors finds at most p copies of an eigenvalue, so a cluster of p may be
+    part of a larger one whose other copies belong among the k wanted. Once the block is wider
+    than k no wanted cluster can fill it. Returns values, vectors, residuals, products (each
+    direction's total over its runs) and the block size that settled each direction."""
+    run = krylov_topk(op.apply_rows, c, d, k, which, tol, block_size=p, max_basis=m,
+                      max_products=knobs["max_products"], seed=knobs["seed"])
+    vals, vecs, res, products = run.values, run.vectors, run.residuals, run.products.clone()
+    blocks = torch.full((c.shape[0],), p, dtype=torch.int64)
+    # only converged directions are judged: an unconverged one has been warned about, and its
+    # loose residual bounds would chain unrelated values into one "cluster"
+    converged = lambda r: (r.residuals <= tol).all(-1).cpu()  # noqa: E731
+    suspect = (run.largest_cluster.cpu() >= p) & converged(run)
+    while bool(suspect.any()) and p <= k and p < d:
+        p = min(2 * p, k + 1, d)
+        m = min(max(knobs["max_basis"] or 0, default_max_basis(k, p, d)), d)
+        rows = torch.nonzero(suspect).flatten()
+        step = _lanczos_step(len(rows), d, op.h, k, p, m, dtype, budget)
+        still = torch.zeros_like(suspect)
+        for first in range(0, len(rows), step):
+            ids = rows[first:first + step]
+            at = ids.to(c.device)
+            again = krylov_topk(op.apply_rows, c[at], d, k, which, tol, block_size=p, max_basis=m,
+                                max_products=knobs["max_products"], seed=knobs["seed"] + 1)
+            vals[at], vecs[at], res[at] = again.values, again.vectors, again.residuals
+            products[at] += again.products
+            blocks[ids] = p
+            still[ids] = (again.largest_cluster.cpu() >= p) & converged(again)
+        suspect = still
+    return vals, vecs, res, products, blocks
 
 
 def _residuals(op: InteractionOperator, c, vals, vecs, norm) -> torch.Tensor:
