@@ -59,7 +59,8 @@ def main(argv=None):
     ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--h-over-d", type=int, default=4)
     ap.add_argument("--directions", type=int, default=4)
-    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--k", type=lambda t: None if t == "full" else int(t), default=16,
+                    help="eigenpairs per direction, or 'full' for the whole spectrum")
     ap.add_argument("--weights", choices=WEIGHTS, default="gaussian")
     ap.add_argument("--tol", type=float, default=None, help="decompose's tol (default: its own)")
     ap.add_argument("--routes", nargs="+", default=["auto", "lanczos:4", "lanczos:16"])
@@ -85,7 +86,7 @@ def main(argv=None):
     notes = {}
     for _ in range(args.repeats):
         start = time.perf_counter()
-        ref_vals, _ = plain_route(w, v, p[:n_plain], args.k)
+        ref_vals, _ = plain_route(w, v, p[:n_plain], args.k or d)
         times["plain"].append((time.perf_counter() - start) * plain_scale)
         for route in args.routes:
             start = time.perf_counter()

@@ -33,6 +33,10 @@ LANCZOS_MIN_D = 512
 LANCZOS_MAX_K_FRACTION = 1 / 32
 # widest batch of Krylov columns (directions × block) advanced in one product
 LANCZOS_MAX_COLUMNS = 4096
+# method="eigh" computes residuals with the solve when k · this ≤ d, else when they are first read
+EIGH_EAGER_RESIDUAL_RATIO = 16
+# the key under which a runner leaves a function computing its residuals on first read
+RESIDUALS_ON_READ = "residuals_on_read"
 
 
 def choose_method(d: int, h: int, k: int | None) -> str:
@@ -123,38 +127,50 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
                                         dict(block_size=block_size, max_basis=max_basis,
                                              max_products=max_products, seed=seed,
                                              eigh_backend=eigh_backend), extra):
-        vals[start:stop], resid[start:stop] = v, r
+        vals[start:stop] = v
+        if r is not None:
+            resid[start:stop] = r
         fix_signs(u, out=vecs[start:stop])
 
     fw = layer.framework
+    on_read = extra.pop(RESIDUALS_ON_READ, None)
     metadata = {"k": k_eff, "tol": tol, "dtype": str(work).replace("torch.", ""),
                 "seconds": round(time.perf_counter() - started, 6), **extra}
     return DecompositionResult(
         eigenvalues=to_framework(vals, fw), eigenvectors=to_framework(vecs, fw),
-        residuals=to_framework(resid, fw), method=method, which=which,
+        residuals=(lambda: to_framework(on_read(vals, vecs), fw)) if on_read else to_framework(resid, fw),
+        method=method, which=which,
         indices=None if dirs.indices is None else to_framework(dirs.indices.to(layer.device), fw),
         metadata=metadata,
     )
 
 
 def _run_eigh(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
-    solver_bytes = dense_bytes_per_direction(layer.d_form, dtype.itemsize)
+    d = layer.d_form
+    solver_bytes = dense_bytes_per_direction(d, dtype.itemsize)
+    # A residual costs one GEMM of the k vectors against the formed Q: next to the solve it is
+    # free for a few vectors, but for a full spectrum it is a d³ GEMM, as large as a sizeable share
+    # of forming Q and of eigh; eigh is backward stable, so there they are left for the reader.
+    eager = k * EIGH_EAGER_RESIDUAL_RATIO <= d
+    norms = []
     for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget, solver_bytes, progress,
                                                   "method='eigh'", exact_symmetry=False):
-        yield (start, stop, *dense_topk(q, k, which, knobs["eigh_backend"]))
+        vals, vecs, resid, norm = dense_topk(q, k, which, knobs["eigh_backend"], residuals=eager)
+        norms.append(norm)
+        yield start, stop, vals, vecs, resid
+    if not eager:
+        extra[RESIDUALS_ON_READ] = _residuals_on_read(layer, dirs, dtype, budget, torch.cat(norms))
 
 
 def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
     w, v = layer.homogeneous(dtype)
     reduction = LowRankReduction(w, v)
-    op = InteractionOperator(w, v)
     per = lowrank_bytes_per_direction(layer.d_hidden, layer.d_form, k, dtype.itemsize)
     step = chunk_size(len(dirs), per, budget, "method='lowrank'")
     for start in chunk_starts(len(dirs), step, progress, "lowrank"):
         sub = dirs.chunk(start, min(start + step, len(dirs)))
-        c = sub.coefficients(layer, dtype)
-        vals, vecs, norm = reduction.topk(c, k, which)
-        yield start, start + len(sub), vals, vecs, _residuals(op, c, vals, vecs, norm)
+        vals, vecs, resid, _ = reduction.topk(sub.coefficients(layer, dtype), k, which)
+        yield start, start + len(sub), vals, vecs, resid
 
 
 def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
@@ -222,6 +238,25 @@ def _lanczos_resolving_clusters(op, c, d, k, which, tol, p, m, dtype, budget, kn
             still[ids] = (again.largest_cluster.cpu() >= p) & converged(again)
         suspect = still
     return vals, vecs, res, products, blocks
+
+
+def _residuals_on_read(layer, dirs, dtype, budget, norms):
+    """A function (values, vectors) -> relative residuals ‖Q v − λ v‖ / ‖Q‖ (b, k), by one
+    matrix-free product per vector (8·h·d flops each), chunked under `budget`: what a direct
+    method's result computes when its residuals are first read."""
+    def compute(vals, vecs):
+        w, v = layer.homogeneous(dtype)
+        op = InteractionOperator(w, v)
+        b, d, k = vecs.shape
+        out = torch.empty(b, k, dtype=dtype, device=vals.device)
+        per = (2 * op.h * k + 3 * d * k) * dtype.itemsize
+        step = chunk_size(b, per, budget, "computing residuals")
+        for start in range(0, b, step):
+            stop = min(start + step, b)
+            c = dirs.chunk(start, stop).coefficients(layer, dtype)
+            out[start:stop] = _residuals(op, c, vals[start:stop], vecs[start:stop], norms[start:stop])
+        return out
+    return compute
 
 
 def _residuals(op: InteractionOperator, c, vals, vecs, norm) -> torch.Tensor:
