@@ -3,7 +3,9 @@
 Question: for a top-k request at a given (d, h = 4d, directions, k), how long does each route of
 `bk.decompose` take next to what a user writes by hand: for each direction, Q formed by einsum,
 symmetrized, `torch.linalg.eigh`, the k largest |λ| selected ("plain")? Routes are given as
-METHOD or METHOD:BLOCK, e.g. `lanczos:4 lanczos:16 formed_krylov eigh auto`.
+METHOD or METHOD:BLOCK, e.g. `lanczos:4 eigh auto`; `formed:BLOCK` and `mf:BLOCK` are
+method="lanczos" with its products forced against formed Q or matrix-free; `floor:form`,
+`floor:mf:BLOCK` and `floor:eigvalsh` time the least work of each route (see `Floors`).
 
 Every round runs every route once on the same data, in turn (interleaved), so a load change on a
 shared machine hits them alike; the table gives each route's median and min–max over the rounds
@@ -11,7 +13,7 @@ and the plain route's median over its median. With `--plain-directions n` the pl
 the first n directions only and its time is scaled by b/n (it loops over directions one by one,
 so its time is linear in b); the table says when it was.
 
-    python -m benchmarks.bench_topk_routes --d 1024 --directions 4 --k 16 --routes lanczos:4 lanczos:16 formed_krylov
+    python -m benchmarks.bench_topk_routes --d 1024 --directions 4 --k 16 --routes auto mf:4 mf:16 formed:4
     python -m benchmarks.bench_topk_routes --quick      # tiny shapes, a smoke test
 """
 from __future__ import annotations
@@ -43,15 +45,61 @@ def plain_route(w, v, c, k):
     return torch.stack(vals), torch.stack(vecs)
 
 
+# route names beside decompose's methods: method="lanczos" with its product route forced
+KRYLOV_ROUTES = {"formed": "formed", "mf": "matrix-free"}
+
+
 def parse_route(text: str):
-    method, _, block = text.partition(":")
-    return method, (int(block) if block else None)
+    """METHOD[:BLOCK] -> decompose's keyword arguments."""
+    name, _, block = text.partition(":")
+    kwargs = dict(block_size=int(block) if block else None)
+    if name in KRYLOV_ROUTES:
+        return dict(method="lanczos", krylov_route=KRYLOV_ROUTES[name], **kwargs)
+    return dict(method=name, **kwargs)
 
 
 def run_route(route, layer, directions, k, tol):
-    method, block = parse_route(route)
-    res = bk.decompose(layer, directions, k=k, method=method, tol=tol, block_size=block)
-    return res
+    return bk.decompose(layer, directions, k=k, tol=tol, **parse_route(route))
+
+
+class Floors:
+    """The least work of each route, timed like the routes (rows named floor:...):
+      floor:form        forming Q for every direction: what the formed route cannot go below
+      floor:mf:P        the products alone that `mf:P` needed (its mean per direction, in steps of
+                        P columns per direction, all directions in lockstep): no orthogonalization,
+                        no Rayleigh–Ritz, no restarts
+      floor:eigvalsh    eigenvalues alone of Q formed beforehand (not counted): the tridiagonal
+                        reduction every dense solver starts with
+    """
+
+    def __init__(self, layer, directions, k, tol):
+        self.layer, self.directions, self.k, self.tol = layer, directions, k, tol
+        self.q = bk.interaction_matrices(layer, directions)
+        self.products = {}
+
+    def run(self, name):
+        from bilinear_kernels.interaction import InteractionOperator
+        from bilinear_kernels.directions import parse_directions
+
+        kind = name.split(":")[1]
+        if kind == "form":
+            return bk.interaction_matrices(self.layer, self.directions)
+        if kind == "eigvalsh":
+            return torch.linalg.eigvalsh(self.q)
+        if kind == "mf":
+            p = int(name.split(":")[2])
+            if p not in self.products:
+                res = run_route(f"mf:{p}", self.layer, self.directions, self.k, self.tol)
+                self.products[p] = res.metadata["products_mean"]
+            w, v = self.layer.homogeneous(torch.float32)
+            op = InteractionOperator(w, v)
+            c = parse_directions(self.directions, self.layer.d_out).coefficients(self.layer, torch.float32)
+            x = torch.randn(len(self.directions), p, self.layer.d_form)
+            for _ in range(max(1, round(self.products[p] / p))):
+                x = op.apply_rows(c, x)
+                x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            return x
+        raise ValueError(f"unknown floor {name!r}")
 
 
 def main(argv=None):
@@ -84,18 +132,29 @@ def main(argv=None):
 
     times = {r: [] for r in ["plain", *args.routes]}
     notes = {}
+    floors = Floors(layer, directions, args.k, args.tol) if any(r.startswith("floor:") for r in args.routes) else None
+    timed = lambda route: floors.run(route) if route.startswith("floor:") else run_route(route, layer, directions, args.k, args.tol)  # noqa: E731
+    for route in args.routes:  # warm-up, not timed
+        if route.startswith("floor:"):
+            floors.run(route)
+        else:
+            run_route(route, layer, directions[:1], args.k, args.tol)
     for _ in range(args.repeats):
         start = time.perf_counter()
         ref_vals, _ = plain_route(w, v, p[:n_plain], args.k or d)
         times["plain"].append((time.perf_counter() - start) * plain_scale)
         for route in args.routes:
             start = time.perf_counter()
-            res = run_route(route, layer, directions, args.k, args.tol)
+            res = timed(route)
             times[route].append(time.perf_counter() - start)
+            if route.startswith("floor:"):
+                if route.startswith("floor:mf:"):
+                    notes[route] = dict(products_mean=floors.products[int(route.split(":")[2])])
+                continue
             err = (res.eigenvalues[:n_plain].abs().sort(-1).values - ref_vals.abs().sort(-1).values).abs().max()
             scale = ref_vals.abs().amax()
             notes[route] = dict(method=res.method, rel_eig_error=float(err / scale),
-                                **{key: res.metadata[key] for key in ("block_size", "products_mean", "route")
+                                **{key: res.metadata[key] for key in ("krylov_route", "block_size", "products_mean")
                                    if key in res.metadata})
 
     plain = statistics.median(times["plain"])

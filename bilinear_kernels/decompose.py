@@ -6,6 +6,8 @@ Method choice for method="auto" (d is the form's dimension, d + 1 with biases):
              below d columns, so its products cost less than forming Q (2·h·d² per direction) and
              a dense eigh (measured crossover on CPU: d ≈ 256–512 for k = 4, h = 4d);
   "eigh"     otherwise (full spectra, small d, large k).
+Within "lanczos", `choose_krylov_route` picks the products (matrix-free, or against Q formed once)
+and the block size by a cost model measured on a CPU.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .memory import chunk_size, memory_budget
 from .progress import chunk_starts
 from .result import DecompositionResult
 from .solvers.dense import EIGH_BACKENDS, dense_bytes_per_direction, dense_topk
+from .solvers.formed_krylov import formed_apply_rows, formed_bytes_per_direction
 from .solvers.krylov import default_block_size, default_max_basis, krylov_topk
 from .solvers.lowrank import LowRankReduction, lowrank_bytes_per_direction
 from .solvers.selection import WHICH, fix_signs
@@ -46,6 +49,47 @@ def choose_method(d: int, h: int, k: int | None) -> str:
     if k is not None and d >= LANCZOS_MIN_D and k <= d * LANCZOS_MAX_K_FRACTION:
         return "lanczos"
     return "eigh"
+
+
+KRYLOV_ROUTES = ("auto", "matrix-free", "formed")
+# Cost model of the two Krylov routes on a CPU, in flops at the speed of a square GEMM, with
+# constants measured by benchmarks/bench_topk_routes.py (float32, one thread; see the README):
+# - a matrix-free step reads all of W and V twice, so it costs as much as a product of
+#   (columns + MATRIX_FREE_IDLE_COLUMNS) columns at 8·h·d flops each: narrow steps are memory-bound;
+# - a product against formed Q (a batched GEMV-like bmm, reading Q) runs at
+#   FORMED_PRODUCT_EFFICIENCY of the square GEMM speed; forming Q costs 2·h·d² at full speed;
+# - products to converge on the hardest (random) spectra, tol 1e-4, d ≈ 1024, measured for
+#   k = 16..64 and p = 2..16: about 80 + 20·p + 2.8·k (trained-like decaying spectra need ~2.5× fewer).
+MATRIX_FREE_IDLE_COLUMNS = 48
+FORMED_PRODUCT_EFFICIENCY = 0.15
+CPU_BLOCK_SIZES = (2, 4, 8, 16)
+
+
+def expected_products(k: int, p: int) -> float:
+    """Products per direction the Krylov run needs on a random spectrum (cost model above)."""
+    return 80 + 20 * p + 2.8 * k
+
+
+def krylov_route_cost(route: str, d: int, h: int, b: int, k: int, p: int) -> float:
+    """Modelled cost of method="lanczos" by `route` with block p, in square-GEMM flops."""
+    products = expected_products(k, p)
+    if route == "formed":
+        return b * (2 * h * d * d + products * 2 * d * d / FORMED_PRODUCT_EFFICIENCY)
+    return products / p * 8 * h * d * (b * p + MATRIX_FREE_IDLE_COLUMNS)
+
+
+def choose_krylov_route(d: int, h: int, b: int, k: int, device, block_size: int | None = None):
+    """(route, block size) for method="lanczos" on b directions: on a CPU the cheaper of the
+    two routes by the cost model above, with the block (among CPU_BLOCK_SIZES, unless given)
+    that makes it cheapest. On a GPU, matrix-free with default_block_size (wide GEMMs; the model
+    is not measured there)."""
+    if torch.device(device).type != "cpu":
+        return "matrix-free", min(block_size or default_block_size(k, d, device), d)
+    blocks = [block_size] if block_size else [p for p in CPU_BLOCK_SIZES if p <= d] or [min(d, 2)]
+    options = [(krylov_route_cost(route, d, h, b, k, p), route, p) for route in ("formed", "matrix-free")
+               for p in blocks]
+    _, route, p = min(options)
+    return route, min(p, d)
 
 
 class SolverOptions(NamedTuple):
@@ -89,7 +133,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
               max_memory: int | None = None, progress: bool | None = None,
               block_size: int | None = None, max_basis: int | None = None,
               max_products: int | None = None, seed: int = 0,
-              eigh_backend: str = "auto") -> DecompositionResult:
+              eigh_backend: str = "auto", krylov_route: str = "auto") -> DecompositionResult:
     """Eigendecompose Q(u) for each direction u and keep the k most important eigenpairs.
 
     layer       a BilinearLayer
@@ -105,6 +149,8 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     block_size, max_basis, max_products, seed: knobs of the Krylov solver
     eigh_backend  batched eigensolver of method="eigh": "auto", "torch" or "cusolver"
                   (solvers/dense.py)
+    krylov_route  products of method="lanczos": "auto", "matrix-free" (through W and V) or
+                  "formed" (against Q formed once per direction); see choose_krylov_route
 
     Returns a DecompositionResult in the layer's framework and device.
     """
@@ -112,6 +158,8 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     dirs = parse_directions(directions, layer.d_out)
     if eigh_backend not in EIGH_BACKENDS:
         raise ValueError(f"eigh_backend must be one of {EIGH_BACKENDS}, got {eigh_backend!r}")
+    if krylov_route not in KRYLOV_ROUTES:
+        raise ValueError(f"krylov_route must be one of {KRYLOV_ROUTES}, got {krylov_route!r}")
     opts = resolve_options(layer, k, which, method, tol, dtype)
     work, k_eff, method, tol = opts.dtype, opts.k, opts.method, opts.tol
     d = layer.d_form
@@ -126,7 +174,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     for start, stop, v, u, r in solver(layer, dirs, k_eff, which, work, budget, progress, tol,
                                         dict(block_size=block_size, max_basis=max_basis,
                                              max_products=max_products, seed=seed,
-                                             eigh_backend=eigh_backend), extra):
+                                             eigh_backend=eigh_backend, krylov_route=krylov_route), extra):
         vals[start:stop] = v
         if r is not None:
             resid[start:stop] = r
@@ -174,24 +222,36 @@ def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
 
 
 def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
-    w, v = layer.homogeneous(dtype)
-    d = w.shape[1]
-    op = InteractionOperator(w, v)
-    p = min(knobs["block_size"] or default_block_size(k, d, layer.device), d)
+    d, h = layer.d_form, layer.d_hidden
+    route, p = choose_krylov_route(d, h, len(dirs), k, layer.device, knobs["block_size"])
+    if knobs["krylov_route"] != "auto":
+        route = knobs["krylov_route"]
+        if not knobs["block_size"]:
+            p = min(min(CPU_BLOCK_SIZES, key=lambda q: krylov_route_cost(route, d, h, len(dirs), k, q))
+                    if layer.device.type == "cpu" else default_block_size(k, d, layer.device), d)
     m = min(knobs["max_basis"] or default_max_basis(k, p, d), d)
-    step = _lanczos_step(len(dirs), d, w.shape[0], k, p, m, dtype, budget)
     spent, widened = [], {}
-    for start in chunk_starts(len(dirs), step, progress, "lanczos"):
-        sub = dirs.chunk(start, min(start + step, len(dirs)))
-        c = sub.coefficients(layer, dtype)
-        vals, vecs, res, products, blocks = _lanczos_resolving_clusters(op, c, d, k, which, tol, p, m, dtype,
-                                                                       budget, knobs)
+    if route == "formed":
+        per = lambda p_, m_: _krylov_state_bytes(d, k, p_, m_, dtype) + formed_bytes_per_direction(d, dtype.itemsize)  # noqa: E731
+        chunks = ((start, stop, q, formed_apply_rows) for start, stop, q in iter_interaction_chunks(
+            layer, dirs, dtype, budget, _krylov_state_bytes(d, k, p, m, dtype), progress, "method='lanczos'"))
+    else:
+        w, v = layer.homogeneous(dtype)
+        op = InteractionOperator(w, v)
+        per = lambda p_, m_: _krylov_state_bytes(d, k, p_, m_, dtype) + 4 * h * p_ * dtype.itemsize  # noqa: E731
+        step = min(chunk_size(len(dirs), per(p, m), budget, "method='lanczos'"), max(1, LANCZOS_MAX_COLUMNS // p))
+        chunks = ((start, min(start + step, len(dirs)),
+                   dirs.chunk(start, min(start + step, len(dirs))).coefficients(layer, dtype), op.apply_rows)
+                  for start in chunk_starts(len(dirs), step, progress, "lanczos"))
+    for start, stop, operand, apply_rows in chunks:
+        vals, vecs, res, products, blocks = _lanczos_resolving_clusters(
+            apply_rows, operand, d, k, which, tol, p, m, per, budget, knobs)
         spent.append(products)
         widened.update({start + i: int(b) for i, b in enumerate(blocks.tolist()) if b > p})
         # the Krylov recurrence gives ‖Q y − θ y‖ without another product (tests hold it to the truth)
-        yield start, start + len(sub), vals, vecs, res
+        yield start, stop, vals, vecs, res
     products = torch.cat(spent).float()
-    extra.update(block_size=p, max_basis=m, products_mean=round(float(products.mean()), 1),
+    extra.update(krylov_route=route, block_size=p, max_basis=m, products_mean=round(float(products.mean()), 1),
                  products_max=int(products.max()))
     if widened:
         # directions whose wanted eigenvalues held a cluster as wide as the block, rerun with a
@@ -199,24 +259,24 @@ def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
         extra.update(widened_block={str(i): b for i, b in sorted(widened.items())})
 
 
-def _lanczos_step(n, d, h, k, p, m, dtype, budget):
-    """Directions per Krylov batch: the basis and T, the two product temporaries of width p and
-    the final vectors within the budget, and at most LANCZOS_MAX_COLUMNS columns a product."""
-    per = (d * m + m * m + 4 * h * p + 2 * d * p + 2 * d * k) * dtype.itemsize
-    return min(chunk_size(n, per, budget, "method='lanczos'"), max(1, LANCZOS_MAX_COLUMNS // p))
+def _krylov_state_bytes(d, k, p, m, dtype):
+    """A direction's Krylov state: the basis and T, the block and its product, the final vectors."""
+    return (d * m + m * m + 2 * d * p + 2 * d * k) * dtype.itemsize
 
 
-def _lanczos_resolving_clusters(op, c, d, k, which, tol, p, m, dtype, budget, knobs):
-    """krylov_topk on coefficient rows c, rerun with a doubled block for the directions whose
-    wanted eigenvalues hold a cluster (values equal within their residual bounds) as wide as the
-    block: a block of p vectors finds at most p copies of an eigenvalue, so a cluster of p may be
-    part of a larger one whose other copies belong among the k wanted. Once the block is wider
-    than k no wanted cluster can fill it. Returns values, vectors, residuals, products (each
-    direction's total over its runs) and the block size that settled each direction."""
-    run = krylov_topk(op.apply_rows, c, d, k, which, tol, block_size=p, max_basis=m,
+def _lanczos_resolving_clusters(apply_rows, operand, d, k, which, tol, p, m, bytes_per, budget, knobs):
+    """krylov_topk on `operand` (coefficient rows c for the matrix-free product, formed Q for the
+    formed one), rerun with a doubled block for the directions whose wanted eigenvalues hold a
+    cluster (values equal within their residual bounds) as wide as the block: a block of p
+    vectors finds at most p copies of an eigenvalue, so a cluster of p may be part of a larger
+    one whose other copies belong among the k wanted. Once the block is wider than k no wanted
+    cluster can fill it. `bytes_per(p, m)` is a direction's memory at block p and basis m.
+    Returns values, vectors, residuals, products (each direction's total over its runs) and the
+    block size that settled each direction."""
+    run = krylov_topk(apply_rows, operand, d, k, which, tol, block_size=p, max_basis=m,
                       max_products=knobs["max_products"], seed=knobs["seed"])
     vals, vecs, res, products = run.values, run.vectors, run.residuals, run.products.clone()
-    blocks = torch.full((c.shape[0],), p, dtype=torch.int64)
+    blocks = torch.full((operand.shape[0],), p, dtype=torch.int64)
     # only converged directions are judged: an unconverged one has been warned about, and its
     # loose residual bounds would chain unrelated values into one "cluster"
     converged = lambda r: (r.residuals <= tol).all(-1).cpu()  # noqa: E731
@@ -225,12 +285,13 @@ def _lanczos_resolving_clusters(op, c, d, k, which, tol, p, m, dtype, budget, kn
         p = min(2 * p, k + 1, d)
         m = min(max(knobs["max_basis"] or 0, default_max_basis(k, p, d)), d)
         rows = torch.nonzero(suspect).flatten()
-        step = _lanczos_step(len(rows), d, op.h, k, p, m, dtype, budget)
+        step = min(chunk_size(len(rows), bytes_per(p, m), budget, "method='lanczos'"),
+                   max(1, LANCZOS_MAX_COLUMNS // p))
         still = torch.zeros_like(suspect)
         for first in range(0, len(rows), step):
             ids = rows[first:first + step]
-            at = ids.to(c.device)
-            again = krylov_topk(op.apply_rows, c[at], d, k, which, tol, block_size=p, max_basis=m,
+            at = ids.to(operand.device)
+            again = krylov_topk(apply_rows, operand[at], d, k, which, tol, block_size=p, max_basis=m,
                                 max_products=knobs["max_products"], seed=knobs["seed"] + 1)
             vals[at], vecs[at], res[at] = again.values, again.vectors, again.residuals
             products[at] += again.products

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import bilinear_kernels as bk
+from bilinear_kernels.decompose import choose_krylov_route, krylov_route_cost
 from bilinear_kernels.solvers.selection import largest_cluster, positive_first
 from helpers import (LANCZOS_DEFAULT_TOL, as_float64, check_result, expected_selection, make_layer,
-                     oracle_eigh, oracle_q)
+                     oracle_eigh, oracle_q, random_weights)
 
 
 def repeated_blocks(copies, d_block=8, h_block=16, rest=0, seed=0):
@@ -38,13 +39,18 @@ def _block_diag(blocks):
     return out
 
 
+ROUTES = ("formed", "matrix-free")
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("copies, rest", [(32, 0), (20, 96)])
-def test_an_eigenvalue_repeated_beyond_the_block_width_is_found_every_time(copies, rest, dtype):
+def test_an_eigenvalue_repeated_beyond_the_block_width_is_found_every_time(copies, rest, dtype, route):
     weights = repeated_blocks(copies, rest=rest)
     layer = make_layer(weights, dtype=dtype)
     assert layer.d_form >= 256  # the Krylov basis stays far below d: no exact Rayleigh–Ritz
-    res = bk.decompose(layer, [0], k=16, method="lanczos")
+    res = bk.decompose(layer, [0], k=16, method="lanczos", krylov_route=route)
+    assert res.metadata["krylov_route"] == route
     assert res.metadata["block_size"] < copies
     q = oracle_q(as_float64(weights, dtype), np.ones((1, 1)))
     top = expected_selection(oracle_eigh(q[0])[0], 16, "LM")
@@ -64,16 +70,18 @@ def test_a_cluster_as_wide_as_the_block_is_rerun_and_a_true_cluster_of_that_size
     assert res.metadata["widened_block"] == {"0": 7}  # min(2p, k + 1)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("which", ["LM", "BE"])
-def test_lanczos_puts_plus_before_minus_of_equal_magnitude_on_a_diagonal_q(which, dtype):
+def test_lanczos_puts_plus_before_minus_of_equal_magnitude_on_a_diagonal_q(which, dtype, route):
     # W = V = I and c = (λ_1, −λ_1, λ_2, −λ_2, ...): Q = diag(c), every |λ| exactly twice
     d = 300
     mags = np.linspace(1.0, 0.1, d // 2)
     c = np.empty(d)
     c[0::2], c[1::2] = mags, -mags
     weights = dict(w=np.eye(d), v=np.eye(d), p=c[None], w_bias=None, v_bias=None)
-    res = bk.decompose(make_layer(weights, dtype=dtype), [0], k=10, which=which, method="lanczos")
+    res = bk.decompose(make_layer(weights, dtype=dtype), [0], k=10, which=which, method="lanczos",
+                       krylov_route=route)
     vals = res.eigenvalues[0].double().numpy()
     np.testing.assert_allclose(vals, expected_selection(c, 10, which), rtol=0, atol=1e-4)
     assert np.all(vals[0::2] > 0) and np.all(vals[1::2] < 0), vals
@@ -96,3 +104,31 @@ def test_largest_cluster_counts_values_equal_within_their_slack():
                          [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
     slack = torch.full_like(vals, 1e-4)
     assert largest_cluster(vals, slack).tolist() == [3, 1]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("which", ["LM", "LA", "SA", "BE"])
+def test_both_krylov_routes_match_the_oracle(which, route):
+    weights = random_weights(160, 96, 5, bias=True, seed=11)
+    u = np.random.default_rng(3).standard_normal((3, 5))
+    res = bk.decompose(make_layer(weights), torch.as_tensor(u), k=6, which=which, method="lanczos",
+                       krylov_route=route)
+    assert res.metadata["krylov_route"] == route
+    check_result(res, oracle_q(weights, u), which, torch.float64, residual_tol=LANCZOS_DEFAULT_TOL[torch.float64])
+
+
+def test_the_route_follows_the_cost_model():
+    # few directions: Q formed once beats narrow, memory-bound matrix-free steps; many
+    # directions at large d: matrix-free steps are wide and each costs 4·h·d per column, not 2·h·d²
+    assert choose_krylov_route(1024, 4096, 4, 16, "cpu")[0] == "formed"
+    assert choose_krylov_route(4096, 16384, 64, 16, "cpu")[0] == "matrix-free"
+    assert choose_krylov_route(1024, 4096, 4, 16, "cpu", block_size=8) == ("formed", 8)
+    assert choose_krylov_route(1024, 4096, 4, 16, "cuda")[0] == "matrix-free"
+    for route in ROUTES:
+        assert krylov_route_cost(route, 1024, 4096, 8, 16, 4) == pytest.approx(
+            2 * krylov_route_cost(route, 1024, 4096, 4, 16, 4), rel=0.5)
+
+
+def test_an_unknown_krylov_route_is_refused():
+    with pytest.raises(ValueError, match="krylov_route"):
+        bk.decompose(make_layer(random_weights(8, 4, 2, seed=1)), [0], k=2, krylov_route="dense")

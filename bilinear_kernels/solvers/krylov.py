@@ -37,7 +37,7 @@ class KrylovRun(NamedTuple):
     values: torch.Tensor     # (b, k) wanted Ritz values, most important first
     vectors: torch.Tensor    # (b, d, k) their unit Ritz vectors, as columns
     residuals: torch.Tensor  # (b, k) estimated ‖Q y − θ y‖ / ‖Q‖
-    norms: torch.Tensor      # (b,) largest |Ritz value| seen: the ‖Q‖ estimate used above
+    norms: torch.Tensor      # (b,) ‖Q‖ estimate used above: a lower bound (largest |Ritz value| or ‖Q x‖ seen)
     products: torch.Tensor   # (b,) columns multiplied by Q for each direction
     # (b,) size of the largest group of wanted values that may be one eigenvalue (equal within
     # their residual bounds): when it reaches the block size, copies of that eigenvalue may be
@@ -148,7 +148,9 @@ def krylov_topk(apply_rows, c: torch.Tensor, d: int, k: int, which: str, tol: fl
         wanted = select(theta, k, which)
         s_wanted = torch.gather(s, -1, wanted[:, None, :].expand(-1, m, -1))
         theta_wanted = torch.gather(theta, -1, wanted)
-        norm = theta.abs().amax(-1)
+        # two lower bounds on ‖Q‖: the largest |Ritz value| and the largest ‖Q x‖ of a unit x seen
+        # (for LA/SA the Ritz values may not have reached the other end of the spectrum yet)
+        norm = torch.maximum(theta.abs().amax(-1), state.scale)
         if c_last is None:
             res = torch.zeros_like(theta_wanted)
         else:
