@@ -4,9 +4,7 @@ Method choice for method="auto" (d is the form's dimension, d + 1 with biases):
   "lowrank"  when 2h < d: exact, and the per-direction work no longer depends on d;
   "lanczos"  when k is given, d ≥ 512 and k ≤ d/32: the matrix-free Krylov basis stays far
              below d columns, so its products cost less than forming Q (2·h·d² per direction) and
-             a dense eigh (measured crossover on CPU: d ≈ 256–512 for k = 4, h = 4d); or when the
-             Krylov cost model (below) puts it at most LANCZOS_MARGIN of eigh's, as for k = 64 at
-             d = 1024, h = 4d;
+             a dense eigh (measured crossover on CPU: d ≈ 256–512 for k = 4, h = 4d);
   "eigh"     otherwise (full spectra, small d, large k).
 Within "lanczos", `choose_krylov_route` picks the products (matrix-free, or against Q formed once)
 and the block size by a cost model measured on a CPU.
@@ -48,18 +46,9 @@ def choose_method(d: int, h: int, k: int | None) -> str:
     """The rule behind method="auto" (see the module docstring)."""
     if 2 * h < d:
         return "lowrank"
-    if k is not None and d >= LANCZOS_MIN_D and (
-            k <= d * LANCZOS_MAX_K_FRACTION
-            or min(krylov_route_cost("formed", d, h, 1, k, p) for p in CPU_BLOCK_SIZES)
-            <= LANCZOS_MARGIN * eigh_cost(d, h)):
+    if k is not None and d >= LANCZOS_MIN_D and k <= d * LANCZOS_MAX_K_FRACTION:
         return "lanczos"
     return "eigh"
-
-
-def eigh_cost(d: int, h: int) -> float:
-    """Modelled cost of method="eigh" per direction, in square-GEMM flops: forming Q and a dense
-    eigh with vectors (measured ≈ 0.75× the forming at h = 4d on a CPU, i.e. ≈ 6·d³)."""
-    return 2 * h * d * d + EIGH_FLOPS_PER_D3 * d**3
 
 
 KRYLOV_ROUTES = ("auto", "matrix-free", "formed")
@@ -74,9 +63,6 @@ KRYLOV_ROUTES = ("auto", "matrix-free", "formed")
 MATRIX_FREE_IDLE_COLUMNS = 48
 FORMED_PRODUCT_EFFICIENCY = 0.15
 CPU_BLOCK_SIZES = (2, 4, 8, 16)
-EIGH_FLOPS_PER_D3 = 6
-# "auto" takes lanczos past the k ≤ d/32 rule only where the model puts it clearly ahead of eigh
-LANCZOS_MARGIN = 0.8
 
 
 def expected_products(k: int, p: int) -> float:

@@ -133,11 +133,3 @@ def test_an_unknown_krylov_route_is_refused():
     with pytest.raises(ValueError, match="krylov_route"):
         bk.decompose(make_layer(random_weights(8, 4, 2, seed=1)), [0], k=2, krylov_route="dense")
 
-
-def test_auto_takes_lanczos_past_k_over_32_where_the_model_puts_it_clearly_ahead():
-    from bilinear_kernels.decompose import choose_method, eigh_cost
-
-    assert choose_method(4096, 16384, 256) == "lanczos"   # k = d/16
-    assert choose_method(512, 2048, 64) == "eigh"          # k = d/8: the dense solve is cheaper
-    assert choose_method(256, 1024, 4) == "eigh"           # small d: below LANCZOS_MIN_D
-    assert eigh_cost(1024, 4096) > 2 * 4096 * 1024**2
