@@ -305,6 +305,7 @@ def _residuals_on_read(layer, dirs, dtype, budget, norms):
     """A function (values, vectors) -> relative residuals ‖Q v − λ v‖ / ‖Q‖ (b, k), by one
     matrix-free product per vector (8·h·d flops each), chunked under `budget`: what a direct
     method's result computes when its residuals are first read."""
+    @torch.no_grad()  # read outside decompose's no_grad, from weights that may be Parameters
     def compute(vals, vecs):
         w, v = layer.homogeneous(dtype)
         op = InteractionOperator(w, v)

@@ -62,3 +62,10 @@ def test_lowrank_residuals_from_the_reduced_problem_match_the_true_ones(dtype):
     q = oracle_q(as_float64(weights, dtype), one_hot(3, [0, 2]))
     want = true_residuals(q, to_numpy(res.eigenvalues).astype(np.float64), to_numpy(res.eigenvectors).astype(np.float64))
     np.testing.assert_allclose(to_numpy(res.residuals), want, rtol=0, atol=TOLERANCES[dtype]["match"])
+
+
+def test_residuals_read_later_from_parameters_carry_no_graph():
+    weights = random_weights(12, 8, 3, seed=8)
+    layer = bk.BilinearLayer(*(torch.nn.Parameter(torch.as_tensor(weights[n])) for n in ("w", "v", "p")))
+    res = bk.decompose(layer, [0, 1], method="eigh")
+    assert not res.residuals.requires_grad
