@@ -28,6 +28,7 @@ from .solvers.dense import EIGH_BACKENDS, dense_bytes_per_direction, dense_topk
 from .solvers.formed_krylov import formed_apply_rows, formed_bytes_per_direction
 from .solvers.krylov import default_block_size, default_max_basis, krylov_topk
 from .solvers.lowrank import LowRankReduction, lowrank_bytes_per_direction
+from .solvers.matrix_free import MatrixFreeProduct
 from .solvers.selection import WHICH, fix_signs
 
 METHODS = ("auto", "eigh", "lanczos", "lowrank")
@@ -237,7 +238,7 @@ def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
             layer, dirs, dtype, budget, _krylov_state_bytes(d, k, p, m, dtype), progress, "method='lanczos'"))
     else:
         w, v = layer.homogeneous(dtype)
-        op = InteractionOperator(w, v)
+        op = MatrixFreeProduct(w, v)
         per = lambda p_, m_: _krylov_state_bytes(d, k, p_, m_, dtype) + 4 * h * p_ * dtype.itemsize  # noqa: E731
         step = min(chunk_size(len(dirs), per(p, m), budget, "method='lanczos'"), max(1, LANCZOS_MAX_COLUMNS // p))
         chunks = ((start, min(start + step, len(dirs)),
