@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -30,6 +31,17 @@ import torch
 import bilinear_kernels as bk
 
 from .workloads import WEIGHTS, random_weights
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def plain_route(w, v, c, k):
@@ -106,6 +118,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_topk_routes", description=__doc__.split("\n\n")[0])
     ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--h-over-d", type=int, default=4)
+    ap.add_argument("--h", type=int, default=None, help="hidden width (default: h-over-d · d)")
     ap.add_argument("--directions", type=int, default=4)
     ap.add_argument("--k", type=lambda t: None if t == "full" else int(t), default=16,
                     help="eigenpairs per direction, or 'full' for the whole spectrum")
@@ -123,7 +136,7 @@ def main(argv=None):
         args.d, args.directions, args.k, args.repeats = 128, 2, 8, 2
     torch.set_num_threads(args.threads)
 
-    d, h, b = args.d, args.h_over_d * args.d, args.directions
+    d, h, b = args.d, args.h or args.h_over_d * args.d, args.directions
     w, v, p = random_weights("topk-routes", d, h, b, args.weights)
     layer = bk.BilinearLayer(w, v, p)
     directions = list(range(b))
@@ -160,7 +173,7 @@ def main(argv=None):
     plain = statistics.median(times["plain"])
     rows = []
     print(f"d={d} h={h} directions={b} k={args.k} weights={args.weights} threads={args.threads} "
-          f"torch {torch.__version__} on {platform.processor() or platform.machine()}"
+          f"torch {torch.__version__} on {cpu_model()} ({os.cpu_count()} cores)"
           + (f"; plain route timed on {n_plain} directions, scaled by {plain_scale:g}" if n_plain < b else ""))
     for route, ts in times.items():
         med = statistics.median(ts)
@@ -171,7 +184,8 @@ def main(argv=None):
         print(f"  {route:<18} {med:9.3f} s  [{min(ts):.3f}–{max(ts):.3f}]  {plain / med:6.2f}x  {extra}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(command=" ".join(sys.argv), d=d, h=h, directions=b, k=args.k,
+            json.dump(dict(command=" ".join(sys.argv), cpu=cpu_model(), cores=os.cpu_count(),
+                           load_average=os.getloadavg(), d=d, h=h, directions=b, k=args.k,
                            weights=args.weights, threads=args.threads, torch=torch.__version__,
                            config=torch.__config__.show(), rows=rows), f, indent=1)
 

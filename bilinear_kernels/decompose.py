@@ -200,15 +200,15 @@ def _run_eigh(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra)
     # A residual costs one GEMM of the k vectors against the formed Q: next to the solve it is
     # free for a few vectors, but for a full spectrum it is a d³ GEMM, as large as a sizeable share
     # of forming Q and of eigh; eigh is backward stable, so there they are left for the reader.
-    eager = k * EIGH_EAGER_RESIDUAL_RATIO <= d
-    norms = []
+    # Read later, ‖Q‖ is the largest |λ| returned, which holds it when the selection includes both
+    # ends of the spectrum (LM, BE, or everything).
+    eager = k * EIGH_EAGER_RESIDUAL_RATIO <= d or (which in ("LA", "SA") and k < d)
     for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget, solver_bytes, progress,
                                                   "method='eigh'", exact_symmetry=False):
-        vals, vecs, resid, norm = dense_topk(q, k, which, knobs["eigh_backend"], residuals=eager)
-        norms.append(norm)
+        vals, vecs, resid, _ = dense_topk(q, k, which, knobs["eigh_backend"], residuals=eager)
         yield start, stop, vals, vecs, resid
     if not eager:
-        extra[RESIDUALS_ON_READ] = _residuals_on_read(layer, dirs, dtype, budget, torch.cat(norms))
+        extra[RESIDUALS_ON_READ] = _residuals_on_read(layer, dirs, dtype, budget)
 
 
 def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
@@ -302,10 +302,11 @@ def _lanczos_resolving_clusters(apply_rows, operand, d, k, which, tol, p, m, byt
     return vals, vecs, res, products, blocks
 
 
-def _residuals_on_read(layer, dirs, dtype, budget, norms):
+def _residuals_on_read(layer, dirs, dtype, budget):
     """A function (values, vectors) -> relative residuals ‖Q v − λ v‖ / ‖Q‖ (b, k), by one
     matrix-free product per vector (8·h·d flops each), chunked under `budget`: what a direct
-    method's result computes when its residuals are first read."""
+    method's result computes when its residuals are first read. ‖Q‖ is taken as the largest
+    |λ| of the values, so they must include both ends of each spectrum."""
     @torch.no_grad()  # read outside decompose's no_grad, from weights that may be Parameters
     def compute(vals, vecs):
         w, v = layer.homogeneous(dtype)
@@ -317,7 +318,8 @@ def _residuals_on_read(layer, dirs, dtype, budget, norms):
         for start in range(0, b, step):
             stop = min(start + step, b)
             c = dirs.chunk(start, stop).coefficients(layer, dtype)
-            out[start:stop] = _residuals(op, c, vals[start:stop], vecs[start:stop], norms[start:stop])
+            sub_vals = vals[start:stop]
+            out[start:stop] = _residuals(op, c, sub_vals, vecs[start:stop], sub_vals.abs().amax(-1))
         return out
     return compute
 

@@ -69,3 +69,14 @@ def test_residuals_read_later_from_parameters_carry_no_graph():
     layer = bk.BilinearLayer(*(torch.nn.Parameter(torch.as_tensor(weights[n])) for n in ("w", "v", "p")))
     res = bk.decompose(layer, [0, 1], method="eigh")
     assert not res.residuals.requires_grad
+
+
+@pytest.mark.parametrize("which, later", [("LM", True), ("BE", True), ("LA", False), ("SA", False)])
+def test_residuals_are_read_later_only_where_the_values_hold_the_norm(which, later):
+    # k = d/2 > d/16: worth deferring, but ‖Q‖ is the largest returned |λ| only for LM and BE
+    weights = random_weights(32, 20, 3, seed=10)
+    res = bk.decompose(make_layer(weights), [0, 2], k=16, which=which, method="eigh")
+    assert callable(object.__getattribute__(res, "residuals")) == later
+    q = oracle_q(weights, one_hot(3, [0, 2]))
+    want = true_residuals(q, res.eigenvalues.numpy(), res.eigenvectors.numpy())
+    np.testing.assert_allclose(res.residuals.numpy(), want, rtol=0, atol=TOLERANCES[torch.float64]["match"])
