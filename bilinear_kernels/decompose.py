@@ -37,8 +37,8 @@ LANCZOS_MIN_D = 512
 LANCZOS_MAX_K_FRACTION = 1 / 32
 # widest batch of Krylov columns (directions × block) advanced in one product
 LANCZOS_MAX_COLUMNS = 4096
-# method="eigh" computes residuals with the solve when k · this ≤ d, else when they are first read
-EIGH_EAGER_RESIDUAL_RATIO = 16
+# the direct methods compute residuals with the solve when k · this ≤ d, else when they are first read
+EAGER_RESIDUAL_RATIO = 16
 # the key under which a runner leaves a function computing its residuals on first read
 RESIDUALS_ON_READ = "residuals_on_read"
 
@@ -202,7 +202,7 @@ def _run_eigh(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra)
     # of forming Q and of eigh; eigh is backward stable, so there they are left for the reader.
     # Read later, ‖Q‖ is the largest |λ| returned, which holds it when the selection includes both
     # ends of the spectrum (LM, BE, or everything).
-    eager = k * EIGH_EAGER_RESIDUAL_RATIO <= d or (which in ("LA", "SA") and k < d)
+    eager = _eager_residuals(d, k, which)
     for start, stop, q in iter_interaction_chunks(layer, dirs, dtype, budget, solver_bytes, progress,
                                                   "method='eigh'", exact_symmetry=False):
         vals, vecs, resid, _ = dense_topk(q, k, which, knobs["eigh_backend"], residuals=eager)
@@ -216,10 +216,21 @@ def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
     reduction = LowRankReduction(w, v)
     per = lowrank_bytes_per_direction(layer.d_hidden, layer.d_form, k, dtype.itemsize)
     step = chunk_size(len(dirs), per, budget, "method='lowrank'")
+    # the reduced residuals cost (2h)²·k a direction, as much as the lift for many pairs: left for
+    # the reader on the same terms as method="eigh"
+    eager = _eager_residuals(layer.d_form, k, which)
     for start in chunk_starts(len(dirs), step, progress, "lowrank"):
         sub = dirs.chunk(start, min(start + step, len(dirs)))
-        vals, vecs, resid, _ = reduction.topk(sub.coefficients(layer, dtype), k, which)
+        vals, vecs, resid, _ = reduction.topk(sub.coefficients(layer, dtype), k, which, residuals=eager)
         yield start, start + len(sub), vals, vecs, resid
+    if not eager:
+        extra[RESIDUALS_ON_READ] = _residuals_on_read(layer, dirs, dtype, budget)
+
+
+def _eager_residuals(d: int, k: int, which: str) -> bool:
+    """Whether a direct method computes residuals with the solve: for a few pairs (cheap), or
+    when the selection may miss the largest |λ| that a later computation takes as ‖Q‖."""
+    return k * EAGER_RESIDUAL_RATIO <= d or (which in ("LA", "SA") and k < d)
 
 
 def _run_lanczos(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):

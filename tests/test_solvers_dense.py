@@ -55,10 +55,13 @@ def test_dense_topk_without_residuals_returns_the_same_pairs():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("k, later", [(2, False), (20, True), (41, True)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_lowrank_residuals_from_the_reduced_problem_match_the_true_ones(dtype):
+def test_lowrank_residuals_match_the_true_ones(dtype, k, later):
+    # k = 2: from the reduced problem with the solve; k = 20, 41 (all, with structural zeros): on read
     weights = random_weights(40, 6, 3, bias=True, seed=7)  # 2h = 12 < d + 1: includes structural zeros
-    res = bk.decompose(make_layer(weights, dtype=dtype), [0, 2], k=20, method="lowrank")
+    res = bk.decompose(make_layer(weights, dtype=dtype), [0, 2], k=k, method="lowrank")
+    assert callable(object.__getattribute__(res, "residuals")) == later
     q = oracle_q(as_float64(weights, dtype), one_hot(3, [0, 2]))
     want = true_residuals(q, to_numpy(res.eigenvalues).astype(np.float64), to_numpy(res.eigenvectors).astype(np.float64))
     np.testing.assert_allclose(to_numpy(res.residuals), want, rtol=0, atol=TOLERANCES[dtype]["match"])
