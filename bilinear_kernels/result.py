@@ -30,7 +30,8 @@ class DecompositionResult:
 
     eigenvalues  (b, k)     most important first, by `which`
     eigenvectors (b, d, k)  unit columns, sign fixed so each column's largest-|entry| is positive
-    residuals    (b, k)     ‖Q v − λ v‖ / ‖Q‖
+    residuals    (b, k)     ‖Q v − λ v‖ / ‖Q‖ (may be given as a function computing them,
+                            called when they are first read)
     method       the solver that ran; `which` the selection rule; `indices` the output indices
     when directions were given as indices (else None); `metadata` free-form strings.
 
@@ -47,6 +48,14 @@ class DecompositionResult:
     which: str
     indices: object = None
     metadata: dict = field(default_factory=dict)
+
+    def __getattribute__(self, name):
+        value = object.__getattribute__(self, name)
+        if name == "residuals" and callable(value):
+            # residuals left for the reader (a direct method's full spectrum): computed once, here
+            value = value()
+            object.__setattr__(self, "residuals", value)
+        return value
 
     @property
     def k(self) -> int:

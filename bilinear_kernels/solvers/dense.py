@@ -56,17 +56,23 @@ def dense_bytes_per_direction(d: int, itemsize: int) -> int:
     return 3 * d * d * itemsize
 
 
-def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto"):
+def dense_topk(q: torch.Tensor, k: int, which: str, backend: str = "auto", residuals: bool = True):
     """Top-k eigenpairs of formed matrices q (b, d, d), symmetric at least to rounding (the
     eigensolver reads the lower triangle): values (b, k), vectors (b, d, k), relative residuals
-    ‖Q v − λ v‖ / ‖Q‖ (b, k) and ‖Q‖ (b,), the exact spectral norm."""
+    ‖Q v − λ v‖ / ‖Q‖ (b, k) by one GEMM of the k vectors against q, or None when not asked, and
+    ‖Q‖ (b,), the exact spectral norm."""
     values, vectors = eigh(q, backend)
     idx = select(values, k, which)
     vals = torch.gather(values, -1, idx)
+    norm = values.abs().amax(dim=-1)
     # Work on eigenvectors as rows: the solvers return column-major matrices, so the rows are
     # contiguous and picking, multiplying and norms all run along contiguous memory.
-    rows = vectors.mT[torch.arange(len(idx), device=idx.device)[:, None], idx]  # (b, k, d)
+    if k == values.shape[-1] and which == "SA":
+        rows = vectors.mT  # eigh's own order: nothing to pick
+    else:
+        rows = vectors.mT[torch.arange(len(idx), device=idx.device)[:, None], idx]  # (b, k, d)
+    if not residuals:
+        return vals, rows.mT, None, norm
     # vᵀ Q = (Q v)ᵀ for symmetric Q
     resid = torch.linalg.vector_norm(torch.baddbmm(rows * vals[:, :, None], rows, q, beta=-1), dim=-1)
-    norm = values.abs().amax(dim=-1, keepdim=True)
-    return vals, rows.mT, resid / torch.where(norm > 0, norm, torch.ones_like(norm)), norm[:, 0]
+    return vals, rows.mT, resid / torch.where(norm > 0, norm, torch.ones_like(norm))[:, None], norm

@@ -10,7 +10,12 @@ When the basis is full, it is compressed to the most wanted Ritz vectors (thick 
 direction whose k wanted pairs have converged leaves the batch.
 
 Blocks resolve clusters and ± pairs of equal magnitude, which single-vector Lanczos cannot: the
-block size should be at least the largest cluster among the wanted eigenvalues.
+block size should be at least the largest cluster among the wanted eigenvalues. A block of p
+vectors finds at most p copies of a repeated eigenvalue, and their residuals are as small as any,
+so a run reports the largest group of wanted values equal within their residual bounds
+(`largest_cluster`); `decompose` reruns a direction with a wider block when it reaches p. Ritz
+values within their residual bounds of each other in magnitude and of opposite sign are ordered
+positive first, as the direct methods order exact ties.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from .selection import select
+from .selection import largest_cluster, positive_first, select
 
 
 # a new block row shorter than this share of ‖Q‖ is orthogonalized against the basis again: the
@@ -32,8 +37,13 @@ class KrylovRun(NamedTuple):
     values: torch.Tensor     # (b, k) wanted Ritz values, most important first
     vectors: torch.Tensor    # (b, d, k) their unit Ritz vectors, as columns
     residuals: torch.Tensor  # (b, k) estimated ‖Q y − θ y‖ / ‖Q‖
-    norms: torch.Tensor      # (b,) largest |Ritz value| seen: the ‖Q‖ estimate used above
+    norms: torch.Tensor      # (b,) ‖Q‖ estimate used above: a lower bound (largest |Ritz value| or ‖Q x‖ seen)
     products: torch.Tensor   # (b,) columns multiplied by Q for each direction
+    # (b,) size of the largest group of wanted values that may be one eigenvalue (equal within
+    # their residual bounds): when it reaches the block size, copies of that eigenvalue may be
+    # missing (a block of p vectors finds at most p copies of any eigenvalue), so the caller
+    # reruns with a wider block
+    largest_cluster: torch.Tensor
 
 
 class ConvergenceWarning(UserWarning):
@@ -138,7 +148,9 @@ def krylov_topk(apply_rows, c: torch.Tensor, d: int, k: int, which: str, tol: fl
         wanted = select(theta, k, which)
         s_wanted = torch.gather(s, -1, wanted[:, None, :].expand(-1, m, -1))
         theta_wanted = torch.gather(theta, -1, wanted)
-        norm = theta.abs().amax(-1)
+        # two lower bounds on ‖Q‖: the largest |Ritz value| and the largest ‖Q x‖ of a unit x seen
+        # (for LA/SA the Ritz values may not have reached the other end of the spectrum yet)
+        norm = torch.maximum(theta.abs().amax(-1), state.scale)
         if c_last is None:
             res = torch.zeros_like(theta_wanted)
         else:
@@ -168,14 +180,23 @@ def krylov_topk(apply_rows, c: torch.Tensor, d: int, k: int, which: str, tol: fl
         state.t[:, diag, diag] = torch.gather(theta, -1, kept)
         m = keep_after_restart
 
+    # Ritz values carry an error up to their absolute residual: within it, a ± pair of equal |λ|
+    # is a tie, ordered positive first as the direct methods order exact ties.
+    slack = out_res * out_norm[:, None] + 8 * eps * out_norm[:, None]
+    if which in ("LM", "BE") and k > 1:
+        perm = positive_first(out_vals, slack)
+        out_vals, out_res, slack = (torch.gather(t, -1, perm) for t in (out_vals, out_res, slack))
+        out_vecs = torch.gather(out_vecs, 1, perm[:, :, None].expand(-1, -1, d))
+    clusters = largest_cluster(out_vals, slack)
+
     short = int((out_res > tol).any(-1).sum())
     if short:
         warnings.warn(
             f"{short} of {b} direction(s) did not reach tol={tol:g} within {max_products} products "
             f"(worst relative residual {float(out_res.max()):.2e}); raise max_products or use method='eigh'",
-            ConvergenceWarning, stacklevel=3,
+            ConvergenceWarning, stacklevel=4,
         )
-    return KrylovRun(out_vals, out_vecs.mT, out_res, out_norm, products)
+    return KrylovRun(out_vals, out_vecs.mT, out_res, out_norm, products, clusters)
 
 
 def _orthonormal_rows(x: torch.Tensor) -> torch.Tensor:

@@ -35,9 +35,15 @@ class LowRankReduction:
             self._complement = full[:, 2 * self.h:]
         return self._complement
 
-    def topk(self, c: torch.Tensor, k: int, which: str):
-        """values (b, k), unit eigenvectors (b, d, k) and the exact ‖Q‖ (b,) of Q(c) for coefficient
-        rows c (b, h): the largest |μ|, since the rest of the spectrum is zero."""
+    def topk(self, c: torch.Tensor, k: int, which: str, residuals: bool = True):
+        """values (b, k), unit eigenvectors (b, d, k), relative residuals (b, k) (None when not
+        asked) and the exact ‖Q‖ (b,) of Q(c) for coefficient rows c (b, h): ‖Q‖ is the largest
+        |μ|, since the rest of the spectrum is zero.
+
+        Residuals come from the reduced problem: Q U s − μ U s = U (K s − μ s) and U has
+        orthonormal columns, so ‖Q v − μ v‖ = ‖K s − μ s‖ (a product with the 2h×2h K, not with
+        Q), exact but for the rounding of the shared QR; a structural zero's vector spans the
+        null space of Q and has residual 0."""
         from ..interaction import build_interaction
 
         reduced = build_interaction(self.w_reduced, self.v_reduced, c)  # (b, 2h, 2h)
@@ -46,16 +52,30 @@ class LowRankReduction:
         b, n = mu.shape
         zeros = torch.zeros(b, self.d - n, dtype=mu.dtype, device=mu.device)
         idx = select(torch.cat([mu, zeros], dim=-1), k, which)
-        if bool((idx < n).all()):
-            vals, coeffs = gather_pairs(mu, s, idx)
-            return vals, self.u @ coeffs, norm
-        # Some wanted eigenvalues are structural zeros: their vectors are columns of U⊥.
-        vals = torch.gather(torch.cat([mu, zeros], dim=-1), -1, idx)
         in_range = idx < n
-        _, from_k = gather_pairs(mu, s, idx.clamp(max=n - 1))
+        vals = torch.gather(torch.cat([mu, zeros], dim=-1), -1, idx)
+        inside = idx.clamp(max=n - 1)
+        resid = None
+        if k > n:
+            # more wanted than the 2h non-structural pairs: work on those n once, then pick
+            if residuals:
+                all_resid = torch.linalg.vector_norm(reduced @ s - s * mu[:, None, :], dim=-2)
+                resid = torch.gather(all_resid, -1, inside)
+            lifted = torch.gather(self.u @ s, -1, inside[:, None, :].expand(-1, self.d, -1))
+        else:
+            _, coeffs = gather_pairs(mu, s, inside)
+            if residuals:
+                resid = torch.linalg.vector_norm(reduced @ coeffs - coeffs * vals[:, None, :], dim=-2)
+            lifted = self.u @ coeffs
+        if resid is not None:
+            resid = torch.where(in_range, resid, torch.zeros_like(resid))
+            resid = resid / torch.where(norm > 0, norm, torch.ones_like(norm))[:, None]
+        if bool(in_range.all()):
+            return vals, lifted, resid, norm
+        # Some wanted eigenvalues are structural zeros: their vectors are columns of U⊥.
         from_complement = self.complement()[:, (idx - n).clamp(min=0)].permute(1, 0, 2)  # (b, d, k)
-        vecs = torch.where(in_range[:, None, :], self.u @ from_k, from_complement)
-        return vals, vecs, norm
+        vecs = torch.where(in_range[:, None, :], lifted, from_complement)
+        return vals, vecs, resid, norm
 
 
 def lowrank_bytes_per_direction(h: int, d: int, k: int, itemsize: int) -> int:

@@ -34,6 +34,52 @@ def _by_magnitude(values: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     return torch.gather(candidates, -1, order)
 
 
+def positive_first(values: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
+    """Permutation (b, k) of values (b, k), already ordered by |λ| descending, that puts a positive
+    λ before a negative one whose |λ| agrees with it within their combined `slack` (b, k), the
+    uncertainty of each value (an iterative solver's residual bound): for such values the order
+    by magnitude is not known, and the rule "positive first on ties" decides it. Only pairs of
+    opposite sign move, each positive past negatives within slack of its own |λ| (no chaining), by
+    odd–even transposition passes; same-sign values keep their order."""
+    b, k = values.shape
+    perm = torch.arange(k, device=values.device).expand(b, k).clone()
+    vals, slack = values.clone(), slack.clone()
+    for _ in range(k):
+        moved = False
+        for first in (0, 1):
+            i = torch.arange(first, k - 1, 2, device=values.device)
+            if not i.numel():
+                continue
+            j = i + 1
+            left, right = vals[:, i], vals[:, j]
+            swap = (left < 0) & (right > 0) & ((left.abs() - right.abs()).abs() <= slack[:, i] + slack[:, j])
+            if not bool(swap.any()):
+                continue
+            moved = True
+            for t in (vals, slack, perm):
+                a, c = t[:, i].clone(), t[:, j].clone()
+                t[:, i] = torch.where(swap, c, a)
+                t[:, j] = torch.where(swap, a, c)
+        if not moved:
+            break
+    return perm
+
+
+def largest_cluster(values: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
+    """Size (b,) of the largest group among values (b, k) that may all be one eigenvalue: values
+    chained by neighbours (in sorted order) closer than their combined `slack` (b, k)."""
+    b, k = values.shape
+    if k == 0:
+        return torch.zeros(b, dtype=torch.int64, device=values.device)
+    ordered, order = values.sort(dim=-1)
+    slack = torch.gather(slack, -1, order)
+    apart = (ordered[:, 1:] - ordered[:, :-1]) > slack[:, 1:] + slack[:, :-1]
+    group = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=values.device),
+                       torch.cumsum(apart.long(), dim=-1)], dim=-1)
+    sizes = torch.zeros(b, k, dtype=torch.int64, device=values.device).scatter_add_(1, group, torch.ones_like(group))
+    return sizes.amax(dim=-1)
+
+
 def gather_pairs(values: torch.Tensor, vectors: torch.Tensor, idx: torch.Tensor):
     """values (b, n), vectors (b, d, n), idx (b, k) -> (b, k), (b, d, k)."""
     vals = torch.gather(values, -1, idx)
