@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import pipeline, sweep
+from .arguments import positive_float, positive_int
 from .checkpoints import CheckpointError
 from .decompose import METHODS
 from .solvers.selection import WHICH
@@ -128,18 +129,8 @@ def cmd_demo(args) -> int:
 
 # -- parsing ------------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _k(text: str) -> int | None:
-    return None if text == "all" else _positive_int(text)
+    return None if text == "all" else positive_int(text)
 
 
 def _layer(text: str) -> int:
@@ -147,16 +138,6 @@ def _layer(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a layer index (an integer, negative counts from the end), got {text!r}") from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and a report.")
     demo.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and noise (default: 0)")
-    demo.add_argument("--hidden", type=_positive_int, default=64, metavar="D", help="hidden size d (default: 64)")
-    demo.add_argument("--epochs", type=_positive_int, default=None, metavar="E",
+    demo.add_argument("--hidden", type=positive_int, default=64, metavar="D", help="hidden size d (default: 64)")
+    demo.add_argument("--epochs", type=positive_int, default=None, metavar="E",
                       help="training epochs (default: 60; fewer train faster at some cost in accuracy)")
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -205,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     dec.add_argument("--dtype", choices=("float32", "float64"), default=None,
                      help="working precision (default: the weights', half precision upcast to float32)")
-    dec.add_argument("--tol", type=_positive_float, default=None, help="residual tolerance of method lanczos")
-    dec.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
+    dec.add_argument("--tol", type=positive_float, default=None, help="residual tolerance of method lanczos")
+    dec.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                      help=f"directions per chunk (default: {pipeline.DEFAULT_CHUNK} for a file, fewer where their result "
                           "would take over a quarter of the memory budget; for a store, about "
                           "128 MiB of eigenvectors, at most 1024, and a resumed store keeps its own)")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .arguments import positive_float, positive_int
 from .decompose import METHODS, decompose
 from .decompose import resolve_options as decompose_options
 from .directions import Directions, parse_directions
@@ -555,26 +556,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser, *, out: bool = True) -> None:
     """Add the options of streamed sweeps to `parser`: --out DIR (unless out=False, for a parser that
     has its own --out), --resume/--no-resume and --chunk."""
@@ -585,7 +566,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, out: bool = True) -> None:
     group.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                        help="continue a store made with the same settings (default; other settings are "
                        "refused); --no-resume empties the store, damaged or not, and starts anew")
-    group.add_argument("--chunk", type=_positive_int, default=None, metavar="N",
+    group.add_argument("--chunk", type=positive_int, default=None, metavar="N",
                        help="directions per shard (default: about 128 MiB of eigenvectors, at most 1024; "
                        "a resumed store keeps its own)")
 
@@ -597,13 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "of one-line errors.")
     parser.add_argument("weights", help="safetensors file with tensors w, v and optionally p, w_bias, v_bias")
     parser.add_argument("--directions", default="all", help="'all' (default) or indices and ranges: 0:100,512")
-    parser.add_argument("--k", type=_positive_int, default=None, help="eigenpairs per direction (default: all)")
+    parser.add_argument("--k", type=positive_int, default=None, help="eigenpairs per direction (default: all)")
     parser.add_argument("--which", default="LM", choices=WHICH)
     parser.add_argument("--method", default="auto", choices=METHODS)
-    parser.add_argument("--tol", type=_positive_float, default=None)
+    parser.add_argument("--tol", type=positive_float, default=None)
     parser.add_argument("--dtype", default=None, choices=("float32", "float64"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-memory", type=_positive_int, default=None, metavar="BYTES")
+    parser.add_argument("--max-memory", type=positive_int, default=None, metavar="BYTES")
     parser.add_argument("--device", default="cpu", help="device of a single-process run (ranks under "
                         "torchrun with CUDA use their local GPU)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
