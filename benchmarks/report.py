@@ -230,7 +230,7 @@ def markdown(results: dict, plot_names: dict) -> str:
     if results.get("forward"):
         out += _forward_table(results["forward"])
     if results.get("sweep"):
-        out += _sweep_table(results["sweep"])
+        out += sweep_table(results["sweep"])
     if plot_names:
         out += ["## Plots", ""]
         for title, name in plot_names.items():
@@ -343,7 +343,7 @@ def fitted_exponent(points: list[tuple[float, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
 
 
-def _sweep_table(sweep: list[dict]) -> list[str]:
+def sweep_table(sweep: list[dict]) -> list[str]:
     ds = [w["shapes"]["d"] for w in sweep]
     first = sweep[0]["shapes"]
     out = ["## Time against d", "",
