@@ -45,7 +45,7 @@ def parse_args(argv):
     ap.add_argument("--weights", choices=WEIGHTS, default="gaussian")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds at most (default: 3)")
     ap.add_argument("--time-cap", type=float, default=60.0,
-                    help=f"seconds a run may take ({PEER_CAP_FACTOR:g}x for the peer's routes; default: 60)")
+                    help=f"seconds a run may take ({PEER_CAP_FACTOR:g}x for the peer's routes and ours; default: 60)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="d = 16, 32, 64, 4 directions, k = 4: a smoke test")

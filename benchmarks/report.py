@@ -207,7 +207,7 @@ def markdown(results: dict, plot_names: dict) -> str:
     out.append(f"Scale {st['scale']:g} of the published shapes; {st['weights']} random weights; "
                f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up, "
                f"the methods of a workload interleaved round by round ({st['forward_repeats']} runs for W5); "
-               f"time cap {st['time_cap']:g} s per method ({st['peer_cap_factor']:g}× for the peer's routes). "
+               f"time cap {st['time_cap']:g} s per method ({st['peer_cap_factor']:g}× for the peer's routes and ours). "
                f"Command: `{results['command']}`.")
     out.append("")
     out.append("The peer of each workload is the fastest of the published routes and the plain "

@@ -26,10 +26,11 @@ from .workloads import (FORWARD, NAMES, WEIGHTS, Workload, decomposition_workloa
                         make_layer, scale_forward, sweep_workloads)
 
 DEFAULTS = {  # per device: scale, repeats, time cap (s)
-    "cpu": {"scale": 0.125, "repeats": 7, "time_cap": 30.0},
+    "cpu": {"scale": 0.125, "repeats": 5, "time_cap": 15.0},
     "cuda": {"scale": 1.0, "repeats": 5, "time_cap": 120.0},
 }
-# the peer's routes may run longer before they are stopped: without them no speedup can be computed
+# the peer's routes and ours may run longer before they are stopped: without them no speedup can be
+# computed (the other tools are stopped at the time cap itself)
 PEER_CAP_FACTOR = 4.0
 # W5's passes take milliseconds: more samples cost little and steady the median
 FORWARD_MIN_REPEATS = 10
@@ -47,10 +48,10 @@ def parse_args(argv):
     ap.add_argument("--methods", default=None,
                     help=f"comma-separated subset of {', '.join(method_names())} for W1-W4 and the sweep "
                          "(default: the peer's routes and ours; 'all' adds the other tools)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 7 cpu, 5 cuda)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 5 cpu, 5 cuda)")
     ap.add_argument("--time-cap", type=float, default=None,
                     help="seconds after which a run is stopped, and the total its timed repeats may take "
-                         f"(default: 30 cpu, 120 cuda; {PEER_CAP_FACTOR:g}x before a peer route is stopped)")
+                         f"(default: 15 cpu, 120 cuda; {PEER_CAP_FACTOR:g}x before a peer route or ours is stopped)")
     ap.add_argument("--weights", choices=WEIGHTS, default="gaussian",
                     help="random weights: gaussian (default; hardest spectra) or decaying (like trained layers)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, directions and solver starts (default: 0)")
@@ -107,7 +108,7 @@ def run_decomposition(wl: Workload, args, log, weights: str | None = None) -> di
     oracle = Oracle(layer, ctx.directions, wl.k_eff, args.oracle_directions)
     methods = [m for m in all_methods() if m.name in args.methods]
     runs = {m.name: (lambda c, warmup, m=m: m(ctx, c, warmup)) for m in methods}
-    caps = {m.name: args.time_cap * (PEER_CAP_FACTOR if m.family == "peer" else 1.0) for m in methods}
+    caps = {m.name: args.time_cap * (1.0 if m.family == "tool" else PEER_CAP_FACTOR) for m in methods}
     info = {m.name: m for m in methods}
 
     def log_warmup(name, row):
