@@ -7,7 +7,9 @@ thread may wait a whole scheduler time slice (milliseconds) for its partner to b
 barrier costs milliseconds instead of microseconds. Measured (benchmarks/bench_threads.py, 2-core
 AMD EPYC, MKL with OpenMP, load average 10-12): 32 directions at d = 64 took 5.5 s with two threads
 and 0.24 s with one; the (32, 64, 64) eigh alone 3.0 s against 0.10 s; at d = 256 eigh took 20 s
-against 0.74 s. Forming Q (one GEMM per chunk) suffers far less: 1.4x.
+against 0.74 s. Forming Q (one GEMM per chunk) suffers far less: 1.4x. At load average 1.4-3:
+d = 64 2.6 s against 0.02 s, d = 256 1.3 s against 0.35 s, d = 512 33 s against 2.5 s, and at
+d = 1024 two threads won (10.3 s against 15.9 s).
 
 The rule (`cpu_threads_for`): on a CPU, one thread when the matrices factorized are smaller than
 SMALL_N (a second thread has too little work per barrier to pay on any machine), or when the
@@ -25,9 +27,9 @@ import os
 
 import torch
 
-# NOTE provisional, from a loaded 2-core machine: below this order a second thread gained nothing
-# in any run; rerun benchmarks/bench_threads.py on a quiet machine to place it exactly
-SMALL_N = 256
+# NOTE provisional, from a loaded 2-core machine: below this order a second thread lost in every run
+# (d = 64..512), at d = 1024 it won; rerun benchmarks/bench_threads.py on a quiet machine to place it
+SMALL_N = 512
 BUSY_LOAD_PER_CORE = 1.5
 BUSY_MAX_N = 2048
 
