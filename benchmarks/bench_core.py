@@ -1,259 +1,234 @@
-"""Core engine against the research-code approach and SciPy, on one CPU, in one run.
+"""Core engine against the peer, in one run, at the sizes where the choice of route matters.
 
-Question: how much faster is `decompose` than what researchers run today, at matched accuracy?
-Peers, all on the same random layer and directions:
-  research      Q per direction with einsum (or the whole tensor when it fits), symmetrize,
-                full torch.linalg.eigh, select top-k
-  eigsh-formed  scipy.sparse.linalg.eigsh on a Q formed by our GEMM (solver only, plus forming)
-  eigsh-free    scipy.sparse.linalg.eigsh on a matrix-free LinearOperator (two GEMVs per product)
-  ours-*        bk.decompose with each applicable method
-Accuracy, for every row, on a subsample of directions against a float64 oracle: max relative
-eigenvalue error (relative to the direction's largest |λ|) and max relative residual
-‖Q v − λ v‖ / ‖Q‖ recomputed in float64.
+Question: is `decompose` faster than what researchers run, at matched accuracy? The peer of each
+case is the fastest of the published routes and the plain per-direction route (benchmarks/peers.py:
+whole-tensor einsum where it is not extra work, opt_einsum in batches of 32, per-direction einsum;
+each then symmetrize, torch.linalg.eigh, select), measured in the same run as ours, interleaved
+round by round, on the same random layer and directions. Cases (CASES):
 
-    python -m benchmarks.bench_core            # both cases, writes benchmarks/results/core-cpu-*.{json,md}
+  image-full      d = 784, h = 256, o = 10: every class of an image model, full spectrum
+  full-d512       d = 512, h = 2048, 64 output indices, full spectrum
+  topk-d1024-b4   d = 1024, h = 4096, 4 direction vectors, top-16 and top-64 by |λ|
+  topk-d1024-b64  the same with 64 directions
+  topk-d2048-b4   d = 2048, h = 8192, 4 direction vectors, top-16 and top-64
+
+each on gaussian random weights (the hardest spectra) and the top-k cases also on decaying
+weights (like trained layers). The peer computes the full spectrum whatever k is, so its routes are
+timed once per case with the largest k and that time stands for the smaller k too (the selection
+differs by one argsort). Accuracy of every row, on a subsample of directions, against a float64
+oracle (benchmarks/measure.py). PASS/FAIL lines: benchmarks/targets.py.
+
+    python -m benchmarks.bench_core            # writes benchmarks/results/core-cpu-<date>.{json,md}
     python -m benchmarks.bench_core --quick    # tiny shapes, a smoke test
+    python -m benchmarks.bench_core --only topk-d1024-b4,topk-d1024-b64 --threads 2
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shlex
+import sys
 import time
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import scipy
-import scipy.sparse.linalg as sla
 import torch
 
-import bilinear_kernels as bk
-from .report import cpu_model
+from . import report
+from .measure import Oracle, measure_interleaved
+from .peers import Context, Ours, PlainPerDirection, PublishedBatched, PublishedTensor
+from .targets import evaluate, verdict
+from .workloads import Workload, make_directions, make_layer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-# (name, d, h, o, directions, k, which): k None means the full spectrum
-CASES = [
-    ("full-spectrum d=512", 512, 2048, 512, 64, None, "LM"),
-    ("top-16 d=2048", 2048, 8192, 2048, 32, 16, "LM"),
-]
-QUICK = [
-    ("full-spectrum d=64", 64, 256, 64, 8, None, "LM"),
-    ("top-8 d=256", 256, 1024, 256, 8, 8, "LM"),
-]
-ORACLE_DIRECTIONS = 4
+BOTH = ("gaussian", "decaying")
 
 
-def random_layer(d, h, o, seed=0):
-    """Random weights scaled like a trained layer's (unit-variance activations)."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(h, d, generator=g) / d**0.5
-    v = torch.randn(h, d, generator=g) / d**0.5
-    p = torch.randn(o, h, generator=g) / h**0.5
-    return w, v, p
+@dataclass(frozen=True)
+class Case:
+    """One layer shape and direction set; `ks` the k values asked of ours (None: full spectrum)."""
+
+    workload: Workload
+    ks: tuple = (None,)
+    weights: tuple = ("gaussian",)
+
+    @property
+    def name(self) -> str:
+        return self.workload.name
 
 
-def select_lm(vals, vecs, k):
-    order = np.argsort(-np.abs(vals), kind="stable")[:k]
-    return vals[order], vecs[:, order]
+def _topk(name, d, n, ks=(16, 64)):
+    return Case(Workload(name, f"top-k by |λ|, {n} direction vectors", d=d, h=4 * d, o=d, n_directions=n,
+                         directions="vectors", k=max(ks)), ks, BOTH)
 
 
-# -- peers ---------------------------------------------------------------------------------
-def research(w, v, p, dirs, k):
-    """The published pipeline: materialize (whole tensor if it fits in 4 GiB, else Q per
-    direction) with einsum, symmetrize, dense eigh, keep the top k by |λ|."""
-    o, h = p.shape
-    d = w.shape[1]
-    out = []
-    if o * d * d * 4 <= 4 * 2**30:
-        b = torch.einsum("ak,ki,kj->aij", p, w, v)
-        b = 0.5 * (b + b.mT)
-        qs = (b[i] for i in dirs)
-    else:
-        qs = (0.5 * (q + q.T) for q in (torch.einsum("k,ki,kj->ij", p[i], w, v) for i in dirs))
-    for q in qs:
-        vals, vecs = torch.linalg.eigh(q)
-        out.append(select_lm(vals.numpy(), vecs.numpy(), k or d))
-    return out
+CASES = (
+    Case(Workload("image-full", "image model, every class, full spectrum", d=784, h=256, o=10,
+                  n_directions=10, directions="indices", k=None)),
+    Case(Workload("full-d512", "full spectrum, 64 output indices", d=512, h=2048, o=512,
+                  n_directions=64, directions="indices", k=None)),
+    _topk("topk-d1024-b4", 1024, 4),
+    _topk("topk-d1024-b64", 1024, 64),
+    _topk("topk-d2048-b4", 2048, 4),
+)
+QUICK = (
+    Case(Workload("image-full", "image model, every class, full spectrum", d=40, h=12, o=10,
+                  n_directions=10, directions="indices", k=None)),
+    Case(Workload("full-d48", "full spectrum, 8 output indices", d=48, h=192, o=48,
+                  n_directions=8, directions="indices", k=None)),
+    _topk("topk-d128-b4", 128, 4, ks=(4, 8)),
+)
 
 
-def start_vector(direction: int, d: int) -> np.ndarray:
-    """ARPACK's starting vector for a direction, from a fixed seed: without one ARPACK draws its
-    own, and a run (and whether it converges to the right pairs at a loose tol) is not repeatable."""
-    return np.random.default_rng(direction).standard_normal(d).astype(np.float32)
-
-
-def eigsh_formed(layer, dirs, k, tol):
-    out = []
-    for i in dirs:
-        q = bk.interaction_matrices(layer, [i])[0].numpy()
-        vals, vecs = sla.eigsh(q, k=k, which="LM", tol=tol, v0=start_vector(int(i), q.shape[0]))
-        out.append(select_lm(vals, vecs, k))
-    return out
-
-
-def eigsh_free(w, v, p, dirs, k, tol):
-    d = w.shape[1]
-    out = []
-    for i in dirs:
-        c = p[i]
-
-        def matvec(x, c=c):
-            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(d, -1)
-            y = 0.5 * (w.T @ (c[:, None] * (v @ x)) + v.T @ (c[:, None] * (w @ x)))
-            return y.numpy()
-
-        op = sla.LinearOperator((d, d), matvec=matvec, matmat=matvec, dtype=np.float32)
-        vals, vecs = sla.eigsh(op, k=k, which="LM", tol=tol, v0=start_vector(int(i), d))
-        out.append(select_lm(vals, vecs, k))
-    return out
-
-
-def ours(layer, dirs, k, method, tol):
-    res = bk.decompose(layer, dirs, k=k, method=method, tol=tol)
-    pairs = [(res.eigenvalues[j].numpy(), res.eigenvectors[j].numpy()) for j in range(len(dirs))]
-    return pairs, res
-
-
-# -- accuracy ------------------------------------------------------------------------------
-def oracle(w, v, p, dirs):
-    """float64 Q and its full spectrum for the first ORACLE_DIRECTIONS directions."""
-    w64, v64, p64 = (t.double().numpy() for t in (w, v, p))
-    refs = []
-    for i in dirs[:ORACLE_DIRECTIONS]:
-        g = (w64 * p64[i][:, None]).T @ v64
-        q = 0.5 * (g + g.T)
-        refs.append((q, np.linalg.eigvalsh(q)))
-    return refs
-
-
-def accuracy(pairs, refs, k):
-    err, res = 0.0, 0.0
-    for (vals, vecs), (q, spectrum) in zip(pairs, refs):
-        top = spectrum[np.argsort(-np.abs(spectrum), kind="stable")[: k or len(spectrum)]]
-        scale = np.abs(spectrum).max()
-        # compare as sorted sets: ± pairs of near-equal magnitude may swap places
-        err = max(err, np.abs(np.sort(vals.astype(np.float64)) - np.sort(top)).max() / scale)
-        vecs = vecs.astype(np.float64)
-        r = np.linalg.norm(q @ vecs - vecs * vals.astype(np.float64), axis=0) / scale
-        res = max(res, r.max())
-    return float(err), float(res)
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def run_case(name, d, h, o, n_dirs, k, which, tol, skip_slow_peers):
-    torch.manual_seed(0)
-    w, v, p = random_layer(d, h, o)
-    layer = bk.BilinearLayer(w, v, p)
-    dirs = list(range(n_dirs))
-    refs = oracle(w, v, p, dirs)
-    rows = []
-
-    def add(label, fn, note=""):
-        seconds, out = timed(fn)
-        pairs, res = out if isinstance(out, tuple) else (out, None)
-        err, resid = accuracy(pairs, refs, k)
-        row = {"peer": label, "seconds": seconds, "per_direction": seconds / n_dirs,
-               "max_rel_eig_error": err, "max_residual": resid, "note": note}
-        if res is not None:
-            row["method"] = res.method
-            row["metadata"] = res.metadata
-        rows.append(row)
-        print(f"  {label:<18} {seconds:8.2f} s   err {err:.1e}   residual {resid:.1e}", flush=True)
-
-    print(f"{name}: d={d} h={h} o={o} directions={n_dirs} k={k or 'all'}", flush=True)
-    add("research", lambda: research(w, v, p, dirs, k))
-    if k is not None and not skip_slow_peers:
-        add("eigsh-formed", lambda: eigsh_formed(layer, dirs, k, tol), f"ARPACK tol={tol:g}")
-        add("eigsh-free", lambda: eigsh_free(w, v, p, dirs, k, tol), f"ARPACK tol={tol:g}")
-    methods = ["auto", "eigh", "lanczos"] + (["lowrank"] if 2 * h < d else [])
-    for method in methods:
-        add(f"ours-{method}", lambda m=method: ours(layer, dirs, k, m, tol if k is not None else None),
-            f"tol={tol:g}" if k is not None else "")
-    base = rows[0]["seconds"]
-    scipy_best = min((r["seconds"] for r in rows if r["peer"].startswith("eigsh")), default=None)
-    for r in rows:
-        r["speedup_vs_research"] = base / r["seconds"]
-        r["speedup_vs_best_scipy"] = scipy_best / r["seconds"] if scipy_best else None
-    return {"case": name, "d": d, "h": h, "o": o, "directions": n_dirs, "k": k, "which": which,
-            "tol": tol, "oracle_directions": min(ORACLE_DIRECTIONS, n_dirs), "rows": rows}
-
-
-def machine():
-    cpu = cpu_model()
-    return {"device": "cpu", "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "bilinear_kernels": bk.__version__, "date": date.today().isoformat()}
-
-
-def targets(cases):
-    """The core engine's targets at d=2048, k=16, computed from the measurements."""
-    lines = []
-    for case in cases:
-        if case["k"] is None:
-            continue
-        rows = {r["peer"]: r for r in case["rows"]}
-        lz = rows["ours-lanczos"]
-        acc = lz["max_rel_eig_error"] <= 1e-4
-        lines.append(f"- {case['case']}: lanczos {lz['speedup_vs_research']:.1f}x the research approach "
-                     f"(target 4x): {'PASS' if lz['speedup_vs_research'] >= 4 and acc else 'FAIL'}")
-        if lz.get("speedup_vs_best_scipy"):
-            lines.append(f"- {case['case']}: lanczos {lz['speedup_vs_best_scipy']:.1f}x the better SciPy eigsh "
-                         f"(target 2x): {'PASS' if lz['speedup_vs_best_scipy'] >= 2 and acc else 'FAIL'}")
-        lines.append(f"- {case['case']}: lanczos max relative eigenvalue error {lz['max_rel_eig_error']:.1e} "
-                     f"(target ≤ 1e-4): {'PASS' if acc else 'FAIL'}")
-    return lines
-
-
-def markdown(info, cases):
-    out = [f"# Core engine on CPU ({info['date']})", "",
-           f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
-           f"SciPy {info['scipy']}, NumPy {info['numpy']}. Random layers (weights ~ N(0, 1/d), "
-           "P ~ N(0, 1/h)), float32. Accuracy on the first "
-           f"{ORACLE_DIRECTIONS} directions against a float64 oracle.", "",
-           "Command: `python -m benchmarks.bench_core`", ""]
-    for case in cases:
-        out += [f"## {case['case']}: d={case['d']}, h={case['h']}, o={case['o']}, "
-                f"{case['directions']} directions, k={case['k'] or 'all'}", "",
-                "| peer | seconds | s/direction | vs research | vs best SciPy | max rel. eig. error | max residual | note |",
-                "|---|---:|---:|---:|---:|---:|---:|---|"]
-        for r in case["rows"]:
-            vs_scipy = f"{r['speedup_vs_best_scipy']:.2f}x" if r["speedup_vs_best_scipy"] else "–"
-            note = r["note"]
-            if r.get("metadata", {}).get("products_mean"):
-                note += f" products/direction {r['metadata']['products_mean']}"
-            if r.get("method") and r["peer"] == "ours-auto":
-                note += f" (chose {r['method']})"
-            out.append(f"| {r['peer']} | {r['seconds']:.2f} | {r['per_direction']:.3f} | "
-                       f"{r['speedup_vs_research']:.2f}x | {vs_scipy} | {r['max_rel_eig_error']:.1e} | "
-                       f"{r['max_residual']:.1e} | {note.strip()} |")
-        out.append("")
-    out += ["## Targets", ""] + targets(cases) + [""]
-    return "\n".join(out)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    ap.add_argument("--tol", type=float, default=1e-3,
-                    help="residual tolerance for lanczos and ARPACK (default 1e-3: eigenvalue error "
-                         "≈ residual²/gap stays under 1e-4)")
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_core", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 rounds: a smoke test")
+    ap.add_argument("--only", default=None, help="comma-separated case names (default: all)")
+    ap.add_argument("--weights", default=None, choices=BOTH, help="only this kind of weights (default: each case's)")
+    ap.add_argument("--all-methods", action="store_true",
+                    help="also time ours with method eigh, lanczos and lowrank (default: auto only)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds at most (default: 3)")
+    ap.add_argument("--budget", type=float, default=30.0,
+                    help="seconds of timed runs after which a row stops repeating (default: 30)")
+    ap.add_argument("--time-cap", type=float, default=600.0, help="seconds one run may take (default: 600)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--oracle-directions", type=int, default=2, help="directions checked in float64 (default: 2)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    info = machine()
-    cases = [run_case(*c, tol=args.tol, skip_slow_peers=False) for c in (QUICK if args.quick else CASES)]
+    cases = QUICK if args.quick else CASES
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in {c.name for c in cases}]
+        if unknown or not wanted:
+            ap.error(f"--only: unknown {unknown or args.only!r}; choose from {', '.join(c.name for c in cases)}")
+        cases = tuple(c for c in cases if c.name in wanted)
+    if args.repeats < 1 or args.budget <= 0 or args.time_cap <= 0 or args.oracle_directions < 1:
+        ap.error("--repeats and --oracle-directions must be ≥ 1, --budget and --time-cap positive")
+    args.cases = cases
+    return args
+
+
+def run_case(case: Case, weights: str, args, log) -> list[dict]:
+    """Measure the peer's routes once and ours for each k; one workload record per k."""
+    wl = case.workload
+    layer = make_layer(wl, "cpu", weights, args.seed)
+    dirs = make_directions(wl, "cpu", args.seed)
+    ctx = Context(workload=wl, layer=layer, directions=dirs, device="cpu", seed=args.seed)
+    peers = [PublishedTensor(), PublishedBatched(), PlainPerDirection()]
+    ours_methods = ["auto"] + (["eigh", "lanczos", "lowrank"] if args.all_methods else [])
+    runs, checks, caps, counted, meta = {}, {}, {}, {}, {}
+    oracles = {}
+    for m in peers:
+        runs[m.name] = lambda cap, warmup, m=m: m(ctx, cap, warmup)
+        meta[m.name] = (m, None)
+    for k in case.ks:
+        wl_k = wl if k == wl.k else replace(wl, k=k)
+        ctx_k = replace(ctx, workload=wl_k)
+        oracles[k] = Oracle(layer, dirs, wl_k.k_eff, args.oracle_directions)
+        for method in ours_methods:
+            m = Ours(method)
+            name = m.name if len(case.ks) == 1 else f"{m.name}@k{k}"
+            runs[name] = lambda cap, warmup, m=m, c=ctx_k: m(c, cap, warmup)
+            meta[name] = (m, k)
+            checks[name] = oracles[k].check
+    top = oracles[wl.k] if wl.k in oracles else Oracle(layer, dirs, wl.k_eff, args.oracle_directions)
+    for m in peers:
+        checks[m.name] = top.check
+    for name, (m, _) in meta.items():
+        caps[name] = args.time_cap
+        counted[name] = not m.warmup_differs
+
+    def log_warmup(name, row):
+        sec = (row.get("seconds") or {}).get("warmup")
+        acc = row.get("accuracy") or {}
+        text = f"  {name:<20} {row['status']:<15}"
+        if sec is not None:
+            text += f" {sec:9.3f} s (warm-up)  residual {acc.get('max_residual', float('nan')):.1e}"
+        if row.get("reason"):
+            text += f"  ({row['reason']})"
+        log(text)
+
+    log(f"{wl.name} ({weights}): {report.shape_line(wl.shapes())}" + (f", k = {case.ks}" if wl.k else ""))
+    rows = measure_interleaved(runs, device="cpu", repeats=args.repeats, time_caps=caps,
+                               repeat_budget=args.budget, count_warmup=counted, check=checks, log=log_warmup)
+    records = []
+    for k in case.ks:
+        wl_k = wl if k == wl.k else replace(wl, k=k)
+        out = []
+        for name, row in rows.items():
+            m, row_k = meta[name]
+            if row_k is not None and row_k != k:
+                continue
+            out.append({"method": m.name, "label": m.label, "family": m.family, **row,
+                        **({"timed_with_k": wl.k_eff} if row_k is None and k != wl.k else {})})
+        title = wl.title if k is None else wl.title.replace("top-k", f"top-{k}")
+        records.append({"name": wl.name if len(case.ks) == 1 else f"{wl.name}-k{k}", "title": title,
+                        "weights": weights, "shapes": wl_k.shapes(), "rows": out})
+    return records
+
+
+def markdown(results: dict) -> str:
+    env, st = results["environment"], results["settings"]
+    lib = env.get("blas") or {}
+    out = [f"# Core engine against the peer: cpu, {results['date']}", "",
+           f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads); BLAS {lib.get('blas')}, "
+           f"LAPACK {lib.get('lapack')}, {lib.get('parallel_backend')} threads; torch {env['torch']}, NumPy "
+           f"{env['numpy']}, opt_einsum {env['opt_einsum']}; commit {str(env['git_commit'])[:10]}"
+           f"{' (modified)' if env['git_dirty'] else ''}. Command: `{results['command']}`.", ""]
+    busy = report.load_note(env)
+    if busy:
+        out += [f"**{busy}**", ""]
+    out += [f"Median of up to {st['repeats']} interleaved rounds after a warm-up (a row stops repeating once "
+            f"its runs add up to {st['budget']:g} s; the warm-up counts as a sample when it alone took a quarter "
+            "of that). The peer is the fastest peer route in each table; its routes compute the full spectrum "
+            "whatever k is, so for the smaller k they are the same runs as for the largest (`timed_with_k`). "
+            f"Accuracy on {st['oracle_directions']} directions against float64.", "",
+            "## Targets", ""]
+    for line in results["targets"]:
+        out.append(f"- **{verdict(line)}** {line['target']}: {line['detail']}")
+    out.append("")
+    for w in results["workloads"]:
+        table = report.workload_table(w)
+        table[0] = f"## {w['name']} ({w['weights']}): {w['title']}"
+        out += table
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    now = datetime.now().astimezone()
+    started = time.perf_counter()
+    results = {"suite": "bilinear_kernels core engine against the peer",
+               "date": now.date().isoformat(), "created": now.isoformat(timespec="seconds"),
+               "command": " ".join(["python -m benchmarks.bench_core", shlex.join(argv)]).strip(),
+               "environment": report.environment("cpu"),
+               "settings": {"device": "cpu", "scale": 1, "repeats": args.repeats, "budget": args.budget,
+                            "time_cap": args.time_cap, "seed": args.seed, "threads": torch.get_num_threads(),
+                            "oracle_directions": args.oracle_directions, "all_methods": args.all_methods},
+               "workloads": []}
+    for case in args.cases:
+        for weights in (case.weights if args.weights is None else (args.weights,)):
+            results["workloads"] += run_case(case, weights, args, log)
+    results["seconds_total"] = round(time.perf_counter() - started, 1)
+    results["environment"]["load_average_end"] = report.load_average()
+    results["targets"] = evaluate(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"core-cpu-{info['date']}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "cases": cases}, indent=2))
-    stem.with_suffix(".md").write_text(markdown(info, cases))
-    print(f"wrote {stem}.json and {stem}.md")
+    stem = f"core-cpu-{results['date']}" + ("-quick" if args.quick else "") + ("-only" if args.only else "")
+    paths = {"json": args.out / f"{stem}.json", "markdown": args.out / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(report.json_safe(results), indent=1) + "\n")
+    paths["markdown"].write_text(markdown(results))
+    for line in results["targets"]:
+        log(f"{verdict(line)}: {line['target']}: {line['detail']}")
+    log(f"wrote {paths['json']} and {paths['markdown']} in {results['seconds_total']} s")
+    return {"results": results, "paths": paths}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Time: one warm-up run (it also measures memory and yields the result checked for
 to `repeats` timed runs; a row reports their median, min and max. A run slower than a quarter of the
 repeat budget counts the warm-up as a sample (warm-up effects are small next to it), and repeats
 stop once their total passes the budget (at least one is always made). The device is synchronized
-around every timed region.
+around every timed region. `measure_interleaved` times several methods of one workload in rounds
+(each round runs every method once, the order rotating from round to round), so that a machine whose
+load drifts during the run slows every method alike instead of whichever ran last.
 
 Peak memory (bytes above what was allocated when the run started):
   cuda: torch.cuda.max_memory_allocated (CuPy is routed through torch's allocator, so it counts);
@@ -262,6 +264,79 @@ def measure(run, *, device: str, repeats: int, time_cap: float, repeat_budget: f
     row["seconds"] = {**summarize(samples), "warmup": round(warmup, 6), "warmup_counted": counted}
     row["wall_seconds"] = round(time.perf_counter() - row_started, 3)
     return row
+
+
+def measure_interleaved(runs: dict, *, device: str, repeats: int, time_caps: dict, repeat_budget: float,
+                        count_warmup: dict | None = None, check=None, log=None) -> dict:
+    """Measure every `runs[name](time_cap, warmup) -> result` of one workload (module docstring).
+
+    Every method first gets its warm-up (memory and accuracy, as in `measure`; a failure becomes its
+    row); then rounds follow, each timing one run of every method that still needs samples, until
+    each has `repeats` samples or its samples add up to `repeat_budget` seconds (at least one).
+    `time_caps[name]` bounds one run; `count_warmup[name]=False` where the warm-up differs from a
+    timed run; `check` is one accuracy function for all, or a dict of them by name. `log(name, row)` is called as each warm-up ends. Returns name -> row, in `runs`' order.
+    """
+    count_warmup = count_warmup or {}
+    rows, samples, live = {}, {}, []
+    for name, run in runs.items():
+        row = {"status": "ok", "reason": None, "seconds": None, "peak_bytes": None, "accuracy": None,
+               "extra": {}}
+        started = time.perf_counter()
+        try:
+            with PeakMemory(device) as mem:
+                synchronize(device)
+                t0 = time.perf_counter()
+                result = run(time_caps[name], True)
+                synchronize(device)
+                warmup = time.perf_counter() - t0
+            row["peak_bytes"] = mem.bytes
+            row["extra"] = dict(getattr(result, "extra", {}) or {})
+            checker = check.get(name) if isinstance(check, dict) else check
+            if checker is not None:
+                row["accuracy"] = checker(result)
+            del result
+            counted = count_warmup.get(name, True) and warmup > repeat_budget / 4
+            samples[name] = [warmup] if counted else []
+            row["seconds"] = {"warmup": round(warmup, 6), "warmup_counted": counted}
+            live.append(name)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a row that says why
+            row.update(_failure(exc))
+        _release(device)
+        row["wall_seconds"] = round(time.perf_counter() - started, 3)
+        rows[name] = row
+        if log is not None:
+            log(name, row)
+
+    def wants_more(name):
+        got = samples[name]
+        return not got or (len(got) < repeats and sum(got) < repeat_budget)
+
+    turn = 0
+    while True:
+        pending = [n for n in live if wants_more(n)]
+        if not pending:
+            break
+        shift = turn % len(pending)
+        for name in pending[shift:] + pending[:shift]:
+            started = time.perf_counter()
+            try:
+                synchronize(device)
+                t0 = time.perf_counter()
+                result = runs[name](time_caps[name], False)
+                synchronize(device)
+                samples[name].append(time.perf_counter() - t0)
+                del result
+            except Exception as exc:  # noqa: BLE001 - keep the samples so far, say why it stopped
+                rows[name]["extra"]["repeats_stopped"] = _failure(exc)["reason"]
+                live.remove(name)
+                if not samples[name]:
+                    samples[name] = [rows[name]["seconds"]["warmup"]]
+                    rows[name]["seconds"]["warmup_counted"] = True
+            rows[name]["wall_seconds"] += round(time.perf_counter() - started, 3)
+        turn += 1
+    for name in samples:
+        rows[name]["seconds"] = {**summarize(samples[name]), **rows[name]["seconds"]}
+    return rows
 
 
 def _failure(exc: BaseException) -> dict:

@@ -3,9 +3,9 @@ benchmarks/results/ under one stem (<device>-<date>[-scale<s>][-<only>]).
 
   <stem>.json          environment (device, driver, CUDA, torch, triton, cupy versions), settings,
                        shapes, every row with its raw timings, the targets
-  <stem>.md            PASS/FAIL targets, speedups over the research-code approach, per-workload tables
+  <stem>.md            PASS/FAIL targets, speedups over the peer, per-workload tables
   <stem>-speedup.png   speedup per workload and method (log scale)
-  <stem>-sweep.png     time against d per method (log-log)
+  <stem>-sweep.png     time against d per method and the peer (log-log), each curve's fitted exponent
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import bilinear_kernels as bk
 from bilinear_kernels.memory import format_bytes
 
 from .measure import MEMORY_METHOD
-from .targets import evaluate, speedup, verdict
+from .targets import evaluate, peer_row, speedup, verdict
 
 STATUS_TEXT = {"time_cap": "time cap", "out_of_memory": "out of memory",
                "not_applicable": "n/a", "error": "error"}
@@ -57,6 +57,39 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def blas() -> dict:
+    """The BLAS and LAPACK torch was built with, and its CPU parallel backend."""
+    config = torch.__config__.show()
+    info = {}
+    for key in ("BLAS_INFO", "LAPACK_INFO"):
+        at = config.find(key + "=")
+        if at >= 0:
+            info[key.split("_")[0].lower()] = config[at + len(key) + 1:].split(",")[0].strip()
+    for line in torch.__config__.parallel_info().splitlines():
+        if line.startswith("ATen parallel backend:"):
+            info["parallel_backend"] = line.split(":", 1)[1].strip()
+    return info
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (runnable processes), or None where unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def load_note(env: dict) -> str:
+    """A sentence saying the machine was busy, when the load average at the start or end of the
+    run was at least half its cores: timings from such a run are noisy."""
+    cores = env.get("cpu_count") or 1
+    loads = [x[0] for x in (env.get("load_average_start"), env.get("load_average_end")) if x]
+    if loads and max(loads) >= cores / 2:
+        return (f"Taken on a loaded machine (1-minute load average {', then '.join(f'{x:g}' for x in loads)} "
+                f"on {cores} cores): timings are noisy; rerun on a quiet machine for final numbers.")
+    return ""
+
+
 def environment(device: str) -> dict:
     root = Path(__file__).resolve().parent.parent
     env = {
@@ -64,11 +97,14 @@ def environment(device: str) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "blas": blas(),
+        "load_average_start": load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": _version("triton"),
         "cupy": _version("cupy"),
+        "opt_einsum": _version("opt_einsum"),
         "numpy": _version("numpy"),
         "scipy": _version("scipy"),
         "bilinear_kernels": bk.__version__,
@@ -143,8 +179,6 @@ def _notes(row: dict) -> str:
         parts.append(f"ran {extra['method_ran']}")
     if "products_mean" in extra:
         parts.append(f"{extra['products_mean']} products/direction")
-    if extra.get("materialized_tensor") is not None:
-        parts.append("materialized the tensor" if extra["materialized_tensor"] else "Q per direction")
     if extra.get("warnings"):
         parts.append("warned: " + extra["warnings"][0])
     if extra.get("repeats_stopped"):
@@ -163,11 +197,22 @@ def markdown(results: dict, plot_names: dict) -> str:
                f"CUDA {env['cuda']}, driver {env['driver']}, commit {str(env['git_commit'])[:10]}"
                f"{' (modified)' if env['git_dirty'] else ''}.")
     out.append("")
+    lib = env.get("blas") or {}
+    out.append(f"BLAS {lib.get('blas')}, LAPACK {lib.get('lapack')}, {lib.get('parallel_backend')} threads; "
+               f"NumPy {env.get('numpy')}, SciPy {env.get('scipy')}, opt_einsum {env.get('opt_einsum')}.")
+    out.append("")
+    busy = load_note(env)
+    if busy:
+        out += [f"**{busy}**", ""]
     out.append(f"Scale {st['scale']:g} of the published shapes; {st['weights']} random weights; "
-               f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up "
-               f"({st['forward_repeats']} for W5); time cap {st['time_cap']:g} s per method "
-               f"({st['baseline_cap_factor']:g}× for the research-code baseline). Command: "
-               f"`{results['command']}`.")
+               f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up, "
+               f"the methods of a workload interleaved round by round ({st['forward_repeats']} runs for W5); "
+               f"time cap {st['time_cap']:g} s per method ({st['peer_cap_factor']:g}× for the peer's routes and ours). "
+               f"Command: `{results['command']}`.")
+    out.append("")
+    out.append("The peer of each workload is the fastest of the published routes and the plain "
+               "per-direction route that ran (benchmarks/peers.py); every speedup is its median time "
+               "over the row's, from this run.")
     out.append("")
     out.append(f"Peak memory: {st['memory_method']}. Accuracy, on {st['oracle_directions']} directions per "
                "workload against float64: the largest eigenvalue error relative to ‖Q‖₂ and the largest "
@@ -181,11 +226,11 @@ def markdown(results: dict, plot_names: dict) -> str:
 
     out += _speedup_table(results)
     for workload in results["workloads"]:
-        out += _workload_table(workload)
+        out += workload_table(workload)
     if results.get("forward"):
         out += _forward_table(results["forward"])
     if results.get("sweep"):
-        out += _sweep_table(results["sweep"])
+        out += sweep_table(results["sweep"])
     if plot_names:
         out += ["## Plots", ""]
         for title, name in plot_names.items():
@@ -199,9 +244,9 @@ def _speedup_table(results: dict) -> list[str]:
     cols = [w["name"] for w in workloads] + (["W5 fwd", "W5 fwd+bwd"] if forward else [])
     if not cols:
         return []
-    out = ["## Speedup over the research-code approach", "",
-           "Median time of the research-code approach (torch eager for W5) over each method's, "
-           "measured in this run.", "",
+    out = ["## Speedup over the peer", "",
+           "Median time of the workload's peer (torch eager for W5) over each method's, measured in "
+           "this run. The peer row of each workload is its fastest peer route.", "",
            "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     labels = {}
     for w in workloads:
@@ -225,7 +270,7 @@ def _speedup_table(results: dict) -> list[str]:
     return out + [""]
 
 
-def _workload_table(w: dict) -> list[str]:
+def workload_table(w: dict) -> list[str]:
     out = [f"## {w['name']}: {w['title']}", "", shape_line(w["shapes"]) + ".", "",
            "| method | status | median s | min–max s | speedup | peak memory | max eig. error | max residual | notes |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -271,17 +316,46 @@ def _forward_table(forward: dict) -> list[str]:
     return out + ["", "Errors: largest absolute difference from a float64 evaluation, relative to its largest entry.", ""]
 
 
-def _sweep_table(sweep: list[dict]) -> list[str]:
+PEER_SERIES = "the peer (fastest peer route at each d)"
+
+
+def sweep_series(sweep: list[dict]) -> dict:
+    """label -> [(d, median seconds)] for every method that ran, and the peer's own series."""
+    series = {}
+    for w in sweep:
+        for r in w["rows"]:
+            if r["status"] == "ok" and r.get("seconds"):
+                series.setdefault(r["label"], []).append((w["shapes"]["d"], r["seconds"]["median"]))
+        peer = peer_row(w)
+        if peer is not None:
+            series.setdefault(PEER_SERIES, []).append((w["shapes"]["d"], peer["seconds"]["median"]))
+    return series
+
+
+def fitted_exponent(points: list[tuple[float, float]]) -> float | None:
+    """The slope of log(time) against log(d) by least squares: time grows like d^slope.
+    None with fewer than two distinct d."""
+    pts = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
+    if len({x for x, _ in pts}) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+def sweep_table(sweep: list[dict]) -> list[str]:
     ds = [w["shapes"]["d"] for w in sweep]
     first = sweep[0]["shapes"]
     out = ["## Time against d", "",
            f"h = {first['h'] // first['d']}d, o = d, {first['directions']} direction vectors, top-{first['k']} by |λ|. "
-           "Median seconds (speedup over the research code in brackets).", "",
-           "| method | " + " | ".join(f"d = {d}" for d in ds) + " |", "|---|" + "---|" * len(ds)]
+           "Median seconds (speedup over the peer in brackets); the exponent is the slope of a "
+           "least-squares line through log(time) against log(d).", "",
+           "| method | " + " | ".join(f"d = {d}" for d in ds) + " | exponent |", "|---|" + "---|" * (len(ds) + 1)]
     labels = {}
     for w in sweep:
         for r in w["rows"]:
             labels.setdefault(r["method"], r["label"])
+    series = sweep_series(sweep)
     for method, label in labels.items():
         cells = []
         for w in sweep:
@@ -290,7 +364,13 @@ def _sweep_table(sweep: list[dict]) -> list[str]:
                 cells.append(_cell(row, None))
             else:
                 cells.append(f"{_secs(row['seconds']['median'])} ({_ratio(speedup(w, row))})")
+        slope = fitted_exponent(series.get(label, []))
+        cells.append("–" if slope is None else f"{slope:.2f}")
         out.append(f"| {_escape(label)} | " + " | ".join(cells) + " |")
+    peer = dict(series.get(PEER_SERIES, []))
+    slope = fitted_exponent(series.get(PEER_SERIES, []))
+    out.append(f"| **{PEER_SERIES}** | " + " | ".join(_secs(peer.get(d)) for d in ds)
+               + f" | {'–' if slope is None else f'{slope:.2f}'} |")
     return out + [""]
 
 
@@ -318,7 +398,7 @@ def plot_speedup(results: dict, path: Path) -> bool:
 
     groups = []  # (workload label, {method label: ratio})
     for w in results["workloads"]:
-        groups.append((w["name"], {r["label"]: speedup(w, r) for r in w["rows"] if r["family"] != "baseline"}))
+        groups.append((w["name"], {r["label"]: speedup(w, r) for r in w["rows"] if r["family"] != "peer"}))
     if results.get("forward"):
         fw = results["forward"]
         for name, title in (("forward", "W5 fwd"), ("forward_backward", "W5 fwd+bwd")):
@@ -338,7 +418,7 @@ def plot_speedup(results: dict, path: Path) -> bool:
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(groups)), [g for g, _ in groups])
-    ax.set_ylabel("speedup over the research code (×)")
+    ax.set_ylabel("speedup over the peer (×)")
     ax.set_title(f"{results['settings']['device']}, scale {results['settings']['scale']:g}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -353,19 +433,19 @@ def plot_sweep(results: dict, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {}
-    for w in results.get("sweep") or []:
-        for r in w["rows"]:
-            if r["status"] == "ok":
-                series.setdefault(r["label"], []).append((w["shapes"]["d"], r["seconds"]["median"]))
+    series = sweep_series(results.get("sweep") or [])
     if not series:
         return False
     styles = _styles(results)
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    styles[PEER_SERIES] = ("black", "-")
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for label, points in series.items():
         xs, ys = zip(*points)
         color, line = styles[label]
-        ax.plot(xs, ys, marker="o", label=label, color=color, linestyle=line)
+        slope = fitted_exponent(points)
+        name = label + ("" if slope is None else f"  (∝ d^{slope:.2f})")
+        ax.plot(xs, ys, marker="o", label=name, color=color, linestyle=line,
+                linewidth=2.5 if label == PEER_SERIES else 1.5)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ds = sorted({w["shapes"]["d"] for w in results["sweep"]})
@@ -382,13 +462,13 @@ def plot_sweep(results: dict, path: Path) -> bool:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def _json_safe(x):
+def json_safe(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
     return str(x)
@@ -408,6 +488,6 @@ def write(results: dict, out_dir: Path, stem: str) -> dict:
         paths["sweep_png"] = out_dir / f"{stem}-sweep.png"
         plots["time against d"] = paths["sweep_png"].name
     results["files"] = {k: p.name for k, p in paths.items()}
-    paths["json"].write_text(json.dumps(_json_safe(results), indent=1) + "\n")
+    paths["json"].write_text(json.dumps(json_safe(results), indent=1) + "\n")
     paths["markdown"].write_text(markdown(results, plots))
     return paths

@@ -1,9 +1,10 @@
 """Run the end-to-end suite: `python -m benchmarks.run [--scale S] [--only W3] [--device cuda] ...`
 
-Measures every method of benchmarks.peers on W1..W4 and the d-sweep, and the forward/backward
-comparison on W5, then writes benchmarks/results/<device>-<date>.{json,md} and the PNG plots.
-The defaults keep a CPU run to a few minutes (scale 1/8 of the published shapes); a CUDA run uses
-the full shapes.
+Measures the peer's routes and bk.decompose (benchmarks.peers) on W1..W4 and the d-sweep, the
+methods of each workload interleaved round by round, and the forward/backward comparison on W5,
+then writes benchmarks/results/<device>-<date>.{json,md} and the PNG plots, with PASS/FAIL lines
+against the peer (benchmarks.targets). The defaults keep a CPU run to a few minutes (scale 1/8 of
+the published shapes); a CUDA run uses the full shapes.
 """
 from __future__ import annotations
 
@@ -19,17 +20,18 @@ import torch
 
 from . import report
 from .forward import choose_dtype, run_forward
-from .measure import Oracle, measure
-from .peers import Context, all_methods, method_names
+from .measure import Oracle, measure_interleaved
+from .peers import Context, all_methods, default_method_names, method_names
 from .workloads import (FORWARD, NAMES, WEIGHTS, Workload, decomposition_workloads, make_directions,
                         make_layer, scale_forward, sweep_workloads)
 
 DEFAULTS = {  # per device: scale, repeats, time cap (s)
-    "cpu": {"scale": 0.125, "repeats": 7, "time_cap": 30.0},
+    "cpu": {"scale": 0.125, "repeats": 5, "time_cap": 15.0},
     "cuda": {"scale": 1.0, "repeats": 5, "time_cap": 120.0},
 }
-# the baseline may run longer before it is stopped: without it no speedup can be computed
-BASELINE_CAP_FACTOR = 4.0
+# the peer's routes and ours may run longer before they are stopped: without them no speedup can be
+# computed (the other tools are stopped at the time cap itself)
+PEER_CAP_FACTOR = 4.0
 # W5's passes take milliseconds: more samples cost little and steady the median
 FORWARD_MIN_REPEATS = 10
 SWEEP = "sweep"
@@ -44,11 +46,12 @@ def parse_args(argv):
     ap.add_argument("--only", default=None,
                     help=f"comma-separated subset of {', '.join(NAMES + (SWEEP,))} (default: all)")
     ap.add_argument("--methods", default=None,
-                    help=f"comma-separated subset of {', '.join(method_names())} for W1-W4 and the sweep (default: all)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 7 cpu, 5 cuda)")
+                    help=f"comma-separated subset of {', '.join(method_names())} for W1-W4 and the sweep "
+                         "(default: the peer's routes and ours; 'all' adds the other tools)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 5 cpu, 5 cuda)")
     ap.add_argument("--time-cap", type=float, default=None,
                     help="seconds after which a run is stopped, and the total its timed repeats may take "
-                         f"(default: 30 cpu, 120 cuda; {BASELINE_CAP_FACTOR:g}x before the baseline is stopped)")
+                         f"(default: 15 cpu, 120 cuda; {PEER_CAP_FACTOR:g}x before a peer route or ours is stopped)")
     ap.add_argument("--weights", choices=WEIGHTS, default="gaussian",
                     help="random weights: gaussian (default; hardest spectra) or decaying (like trained layers)")
     ap.add_argument("--seed", type=int, default=0, help="seed of weights, directions and solver starts (default: 0)")
@@ -77,7 +80,12 @@ def parse_args(argv):
     if args.repeats < 1 or args.time_cap <= 0 or args.oracle_directions < 1:
         ap.error("--repeats and --oracle-directions must be ≥ 1 and --time-cap positive")
     args.only = _subset(ap, "--only", args.only, NAMES + (SWEEP,))
-    args.methods = _subset(ap, "--methods", args.methods, tuple(method_names()))
+    if args.methods is None:
+        args.methods = tuple(default_method_names())
+    elif args.methods.strip() == "all":
+        args.methods = tuple(method_names())
+    else:
+        args.methods = _subset(ap, "--methods", args.methods, tuple(method_names()))
     return args
 
 
@@ -91,30 +99,36 @@ def _subset(ap, flag: str, value: str | None, allowed: tuple) -> tuple:
     return chosen
 
 
-def run_decomposition(wl: Workload, args, log) -> dict:
-    layer = make_layer(wl, args.device, args.weights, args.seed)
+def run_decomposition(wl: Workload, args, log, weights: str | None = None) -> dict:
+    """Every chosen method on one workload, interleaved (measure.measure_interleaved)."""
+    weights = weights or args.weights
+    layer = make_layer(wl, args.device, weights, args.seed)
     ctx = Context(workload=wl, layer=layer, directions=make_directions(wl, args.device, args.seed),
                   device=args.device, seed=args.seed, cpu_peers=args.device == "cpu" or args.cpu_peers)
     oracle = Oracle(layer, ctx.directions, wl.k_eff, args.oracle_directions)
-    rows = []
-    for method in all_methods():
-        if method.name not in args.methods:
-            continue
-        cap = args.time_cap * (BASELINE_CAP_FACTOR if method.family == "baseline" else 1.0)
-        row = measure(lambda c, warmup, m=method: m(ctx, c, warmup), device=args.device,
-                      repeats=args.repeats, time_cap=cap, repeat_budget=args.time_cap,
-                      count_warmup=not method.warmup_differs, check=oracle.check)
-        rows.append({"method": method.name, "label": method.label, "family": method.family, **row})
-        _log_row(log, wl.name, rows[-1])
-    return {"name": wl.name, "title": wl.title, "shapes": wl.shapes(), "full_d": wl.full_d, "rows": rows}
+    methods = [m for m in all_methods() if m.name in args.methods]
+    runs = {m.name: (lambda c, warmup, m=m: m(ctx, c, warmup)) for m in methods}
+    caps = {m.name: args.time_cap * (1.0 if m.family == "tool" else PEER_CAP_FACTOR) for m in methods}
+    info = {m.name: m for m in methods}
+
+    def log_warmup(name, row):
+        _log_row(log, wl.name, {"method": name, **row})
+
+    measured = measure_interleaved(runs, device=args.device, repeats=args.repeats, time_caps=caps,
+                                   repeat_budget=args.time_cap,
+                                   count_warmup={m.name: not m.warmup_differs for m in methods},
+                                   check=oracle.check, log=log_warmup)
+    rows = [{"method": n, "label": info[n].label, "family": info[n].family, **row} for n, row in measured.items()]
+    return {"name": wl.name, "title": wl.title, "weights": weights, "shapes": wl.shapes(),
+            "full_d": wl.full_d, "rows": rows}
 
 
 def _log_row(log, name: str, row: dict) -> None:
-    sec = row["seconds"]["median"] if row.get("seconds") else None
+    sec = (row.get("seconds") or {}).get("warmup")
     acc = row.get("accuracy") or {}
     text = f"  {name:<12} {row['method']:<16} {row['status']:<15}"
     if sec is not None:
-        text += f" {sec:9.4f} s  residual {acc.get('max_residual', float('nan')):.1e}"
+        text += f" {sec:9.4f} s (warm-up)  residual {acc.get('max_residual', float('nan')):.1e}"
     if row.get("reason"):
         text += f"  ({row['reason']})"
     log(text)
@@ -136,7 +150,7 @@ def main(argv=None) -> dict:
         "environment": report.environment(args.device),
         "settings": {"device": args.device, "scale": args.scale, "repeats": args.repeats,
                      "forward_repeats": max(args.repeats, FORWARD_MIN_REPEATS),
-                     "time_cap": args.time_cap, "baseline_cap_factor": BASELINE_CAP_FACTOR,
+                     "time_cap": args.time_cap, "peer_cap_factor": PEER_CAP_FACTOR,
                      "weights": args.weights, "seed": args.seed, "oracle_directions": args.oracle_directions,
                      "only": list(args.only), "methods": list(args.methods), "cpu_peers": args.cpu_peers,
                      "threads": torch.get_num_threads(),
@@ -151,6 +165,7 @@ def main(argv=None) -> dict:
     finally:
         gc.unfreeze()
     results["seconds_total"] = round(time.perf_counter() - started, 1)
+    results["environment"]["load_average_end"] = report.load_average()
 
     stem = args.stem or _default_stem(args, now)
     paths = report.write(results, args.out, stem)

@@ -1,0 +1,44 @@
+"""The thread rule: one CPU thread for small factorizations or a busy machine, restored afterwards."""
+import pytest
+import torch
+
+from bilinear_kernels import threads
+
+
+def test_small_matrices_run_on_one_thread_on_any_machine():
+    for busy in (False, True):
+        assert threads.cpu_threads_for(64, "cpu", busy=busy, current=2) == 1
+        assert threads.cpu_threads_for(threads.SMALL_N - 1, "cpu", busy=busy, current=8) == 1
+
+
+def test_large_matrices_keep_torchs_threads_on_a_quiet_machine():
+    assert threads.cpu_threads_for(threads.SMALL_N, "cpu", busy=False, current=2) is None
+    assert threads.cpu_threads_for(1024, "cpu", busy=True, current=2) == 1
+    assert threads.cpu_threads_for(threads.BUSY_MAX_N, "cpu", busy=True, current=2) is None
+
+
+def test_nothing_changes_on_one_thread_or_off_the_cpu():
+    assert threads.cpu_threads_for(64, "cpu", busy=True, current=1) is None
+    assert threads.cpu_threads_for(64, "meta", busy=True, current=4) is None
+
+
+def test_busy_means_more_runnable_processes_than_cores():
+    assert threads.machine_is_busy(load=3.0, cores=2)
+    assert not threads.machine_is_busy(load=2.0, cores=2)  # our own two threads alone
+
+
+def test_cpu_threads_sets_and_restores_the_count(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "cpu_threads_for", lambda n, device: 1)
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError):
+            with threads.cpu_threads(64, "cpu"):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("restored even when the block raises")
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "cpu_threads_for", lambda n, device: None)
+        with threads.cpu_threads(4096, "cpu"):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
