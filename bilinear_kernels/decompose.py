@@ -32,6 +32,7 @@ from .solvers.krylov import default_block_size, default_max_basis, krylov_topk
 from .solvers.lowrank import LowRankReduction, lowrank_bytes_per_direction
 from .solvers.matrix_free import MatrixFreeProduct
 from .solvers.selection import WHICH, fix_signs
+from .threads import cpu_threads
 
 METHODS = ("auto", "eigh", "lanczos", "lowrank")
 DEFAULT_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
@@ -191,12 +192,17 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     started = time.perf_counter()
     solver = {"eigh": _run_eigh, "lanczos": _run_lanczos, "lowrank": _run_lowrank}[method]
     extra = {}
-    for start, stop, v, u, r in solver(layer, dirs, k_eff, which, work, budget, progress, tol,
-                                        dict(knobs, eigh_backend=eigh_backend, krylov_route=krylov_route), extra):
-        vals[start:stop] = v
-        if r is not None:
-            resid[start:stop] = r
-        fix_signs(u, out=vecs[start:stop])
+    # many small factorizations gain nothing from a second CPU thread and lose much on a busy
+    # machine (threads.py): the order of the matrices the solver factorizes decides
+    factorized = 2 * layer.d_hidden if method == "lowrank" else d
+    with cpu_threads(factorized, layer.device):
+        for start, stop, v, u, r in solver(layer, dirs, k_eff, which, work, budget, progress, tol,
+                                            dict(knobs, eigh_backend=eigh_backend, krylov_route=krylov_route),
+                                            extra):
+            vals[start:stop] = v
+            if r is not None:
+                resid[start:stop] = r
+            fix_signs(u, out=vecs[start:stop])
 
     fw = layer.framework
     on_read = extra.pop(RESIDUALS_ON_READ, None)

@@ -42,3 +42,31 @@ def test_cpu_threads_sets_and_restores_the_count(monkeypatch):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("d, expected", [(8, 1), (threads.SMALL_N, 2)])
+def test_decompose_runs_its_solver_under_the_rule_and_restores_the_count(monkeypatch, d, expected):
+    import importlib
+
+    import bilinear_kernels as bk
+
+    decompose_module = importlib.import_module("bilinear_kernels.decompose")  # the module, not the function
+
+    monkeypatch.setattr(threads, "machine_is_busy", lambda *a, **k: False)
+    seen = []
+    real = decompose_module._run_lanczos if d >= 512 else decompose_module._run_eigh
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(decompose_module, "_run_lanczos" if d >= 512 else "_run_eigh", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        layer = bk.BilinearLayer(torch.randn(3, d, dtype=torch.float64), torch.randn(3, d, dtype=torch.float64))
+        bk.decompose(layer, [0], k=2, method="lanczos" if d >= 512 else "eigh")
+        assert seen == [expected]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
