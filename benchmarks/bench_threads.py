@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import bilinear_kernels as bk
+from bilinear_kernels import threads as engine_threads
 
 from . import report
 
@@ -91,9 +92,13 @@ def switch_seconds(threads: int, rounds: int = 20) -> float:
 
 
 def interleave(fns: dict, thread_counts: tuple, repeats: int) -> dict:
-    """name -> {threads: summary}: every (row, threads) once per round, warm-up first."""
+    """name -> {threads: summary}: every (row, threads) once per round, warm-up first. The
+    engine's own thread rule (bilinear_kernels.threads) is switched off meanwhile, so that each
+    row runs on the thread count it is labelled with."""
     samples = {(n, t): [] for n in fns for t in thread_counts}
     default = torch.get_num_threads()
+    rule = engine_threads.cpu_threads_for
+    engine_threads.cpu_threads_for = lambda *args, **kwargs: None
     try:
         for t in thread_counts:  # warm-up
             torch.set_num_threads(t)
@@ -109,6 +114,7 @@ def interleave(fns: dict, thread_counts: tuple, repeats: int) -> dict:
                     samples[(n, t)].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(default)
+        engine_threads.cpu_threads_for = rule
     out = {}
     for (n, t), s in samples.items():
         out.setdefault(n, {})[str(t)] = {"median": statistics.median(s), "min": min(s), "max": max(s),

@@ -11,11 +11,12 @@ against 0.74 s. Forming Q (one GEMM per chunk) suffers far less: 1.4x. At load a
 d = 64 2.6 s against 0.02 s, d = 256 1.3 s against 0.35 s, d = 512 33 s against 2.5 s, and at
 d = 1024 two threads won (10.3 s against 15.9 s).
 
-The rule (`cpu_threads_for`): on a CPU, one thread when the matrices factorized are smaller than
-SMALL_N (a second thread has too little work per barrier to pay on any machine), or when the
-machine is oversubscribed (its 1-minute load average at least BUSY_LOAD_PER_CORE per usable core)
-and they are smaller than BUSY_MAX_N; otherwise torch's own setting is left alone. Nothing changes
-on a GPU or when torch already uses one thread.
+On a quiet machine the second thread pays at every size measured (same benchmark, load average
+below 1.5: two threads took 0.85x the time of one at d = 64, 0.62x at d = 256, 0.61x at 512, 0.59x
+at 1024), so the rule (`cpu_threads_for`) only acts on an oversubscribed machine: on a CPU, one
+thread when the 1-minute load average is at least BUSY_LOAD_PER_CORE per usable core and the
+matrices factorized are smaller than BUSY_MAX_N; otherwise torch's own setting is left alone.
+Nothing changes on a GPU or when torch already uses one thread.
 
 torch.set_num_threads is process-wide: `cpu_threads` restores the previous count on exit, but
 another Python thread running torch at the same moment sees the change too.
@@ -27,11 +28,10 @@ import os
 
 import torch
 
-# NOTE provisional, from a loaded 2-core machine: below this order a second thread lost in every run
-# (d = 64..512), at d = 1024 it won; rerun benchmarks/bench_threads.py on a quiet machine to place it
-SMALL_N = 512
+# NOTE from benchmarks/bench_threads.py on a 2-core machine: busy, one thread won at d <= 512;
+# at d = 1024 two threads won already at load average 1.4-3
 BUSY_LOAD_PER_CORE = 1.5
-BUSY_MAX_N = 2048
+BUSY_MAX_N = 1024
 
 
 def usable_cores() -> int:
@@ -60,8 +60,6 @@ def cpu_threads_for(n: int, device, *, busy: bool | None = None, current: int | 
     current = torch.get_num_threads() if current is None else current
     if current <= 1:
         return None
-    if n < SMALL_N:
-        return 1
     if n < BUSY_MAX_N and (machine_is_busy() if busy is None else busy):
         return 1
     return None
