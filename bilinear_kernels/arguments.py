@@ -3,6 +3,7 @@ each turns one command-line word into a value or an argparse error that names wh
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def positive_int(text: str) -> int:
@@ -23,3 +24,9 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
     return value
+
+
+def tracebacks_wanted() -> bool:
+    """BILINEAR_KERNELS_TRACEBACK=1: let a user error raise with its traceback instead of the
+    one-line message the command lines print."""
+    return os.environ.get("BILINEAR_KERNELS_TRACEBACK", "").strip() not in ("", "0")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import pipeline, sweep
-from .arguments import positive_float, positive_int
+from .arguments import positive_float, positive_int, tracebacks_wanted
 from .checkpoints import CheckpointError
 from .decompose import METHODS
 from .solvers.selection import WHICH
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
                 os._exit(130)
         return 130
     except USER_ERRORS as err:
-        if os.environ.get("BILINEAR_KERNELS_TRACEBACK", "").strip() not in ("", "0"):
+        if tracebacks_wanted():
             raise
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2

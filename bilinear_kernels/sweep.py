@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .arguments import positive_float, positive_int
+from .arguments import positive_float, positive_int, tracebacks_wanted
 from .decompose import METHODS, decompose
 from .decompose import resolve_options as decompose_options
 from .directions import Directions, parse_directions
@@ -621,7 +621,7 @@ def main(argv=None) -> int:
             os._exit(130)
         return 130
     except USER_ERRORS as err:
-        if os.environ.get("BILINEAR_KERNELS_TRACEBACK", "").strip() not in ("", "0"):
+        if tracebacks_wanted():
             raise
         print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
