@@ -127,6 +127,25 @@ class BilinearLayer:
             v = torch.cat([v, vb[:, None]], dim=1)
         return w, v
 
+    def homogeneous_on_basis(self, basis: torch.Tensor, offset: torch.Tensor | None, dtype: torch.dtype):
+        """(W̃, Ṽ, B̃) in `dtype` with W̃ᵀ diag(c) Ṽ's symmetric part Q̃ such that B̃ᵀ Q̃ B̃ is the
+        interaction matrix of `project_input(basis, offset)`: B̃ = basis, or [[basis, offset], [0, 1]]
+        (a zero offset when None) when the layer has a bias or there is an offset, W̃ and Ṽ then
+        carrying a bias column (zero without a bias). Checked arguments (`check_basis`)."""
+        w, v = self.homogeneous(dtype)
+        b_tilde = basis.to(dtype)
+        if not (self.has_bias or offset is not None):
+            return w, v, b_tilde
+        if not self.has_bias:  # an offset alone: the constant enters through the basis only
+            zero = torch.zeros(self.d_hidden, 1, dtype=dtype, device=self.device)
+            w, v = torch.cat([w, zero], dim=1), torch.cat([v, zero], dim=1)
+        last = torch.zeros(self.d_in + 1, 1, dtype=dtype, device=self.device)
+        last[-1] = 1
+        if offset is not None:
+            last[:-1, 0] = offset.to(dtype)
+        top = torch.cat([b_tilde, torch.zeros(1, b_tilde.shape[1], dtype=dtype, device=self.device)], dim=0)
+        return w, v, torch.cat([top, last], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) = P((W x + a) ⊙ (V x + b)) in plain torch, for x of shape (..., d)."""
         from .functional import bilinear
@@ -156,21 +175,9 @@ class BilinearLayer:
         return cls(weights.w, weights.v, weights.p, weights.w_bias, weights.v_bias)
 
     # -- derived layers -------------------------------------------------------------------
-    def project_input(self, basis, offset=None, *, max_memory: int | None = None) -> "BilinearLayer":
-        """The layer on coordinates z in `basis`: x = basis @ z + offset, basis (d, F), offset (d,).
-
-        W' = W basis, V' = V basis, and the offset folded into the biases (a' = W offset + a,
-        b' = V offset + b), so the new layer's interaction matrices are basisᵀ Q basis, in the
-        homogeneous form [[basis, offset], [0, 1]] when there is a bias or an offset. F may be far
-        above d (an SAE decoder, an embedding's rows transposed: `project_input(embedding.T)`
-        gives token × token interactions). Cost: two (h, d) × (d, F) GEMMs; the new weights
-        (2·h·F numbers) must fit in `max_memory` (default: the package's budget), else a
-        MemoryError names the bytes. Work is in the working precision of the layer and the basis
-        together (float32 unless either is float64); the result keeps this layer's framework.
-        """
-        from .memory import format_bytes, memory_budget
-        from ._arrays import working_dtype
-
+    def check_basis(self, basis, offset=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`basis` (d, F) and `offset` (d,) or None as tensors on this layer's device, finite, or a
+        ValueError saying what is wrong (the arguments of `project_input`)."""
         basis_t = as_tensor(basis, "basis")
         d = self.d_in
         if basis_t.ndim != 2 or basis_t.shape[0] != d or basis_t.shape[1] == 0:
@@ -186,6 +193,24 @@ class BilinearLayer:
                 if t.device != self.device:
                     raise ValueError(f"{name} is on {t.device} but the layer is on {self.device}")
                 check_finite(t, name)
+        return basis_t, offset_t
+
+    def project_input(self, basis, offset=None, *, max_memory: int | None = None) -> "BilinearLayer":
+        """The layer on coordinates z in `basis`: x = basis @ z + offset, basis (d, F), offset (d,).
+
+        W' = W basis, V' = V basis, and the offset folded into the biases (a' = W offset + a,
+        b' = V offset + b), so the new layer's interaction matrices are basisᵀ Q basis, in the
+        homogeneous form [[basis, offset], [0, 1]] when there is a bias or an offset. F may be far
+        above d (an SAE decoder, an embedding's rows transposed: `project_input(embedding.T)`
+        gives token × token interactions). Cost: two (h, d) × (d, F) GEMMs; the new weights
+        (2·h·F numbers) must fit in `max_memory` (default: the package's budget), else a
+        MemoryError names the bytes. Work is in the working precision of the layer and the basis
+        together (float32 unless either is float64); the result keeps this layer's framework.
+        """
+        from .memory import format_bytes, memory_budget
+        from ._arrays import working_dtype
+
+        basis_t, offset_t = self.check_basis(basis, offset)
         dtype = working_dtype(torch.promote_types(self.dtype, basis_t.dtype))
         needed = 2 * self.d_hidden * basis_t.shape[1] * dtype.itemsize
         budget = memory_budget(self.device, max_memory)

@@ -129,6 +129,24 @@ def oracle_q(weights, u):
     return 0.5 * (q + np.swapaxes(q, -1, -2))
 
 
+def oracle_q_on_basis(weights, u, basis, offset=None):
+    """(b, F', F'): the matrices of the layer on basis coordinates x = basis @ z + offset, from the
+    definition: B̃ᵀ Q̃ B̃ with B̃ = [[basis, offset], [0, 1]] when the layer has a bias or an offset
+    (F' = F + 1, its last coordinate the constant), else basisᵀ Q basis."""
+    q = oracle_q(weights, u)
+    basis = np.asarray(basis, np.float64)
+    d, f = basis.shape
+    if weights.get("w_bias") is None and weights.get("v_bias") is None and offset is None:
+        return np.einsum("if,bij,jg->bfg", basis, q, basis)
+    if weights.get("w_bias") is None and weights.get("v_bias") is None:  # the form gains a zero constant
+        q = np.pad(q, ((0, 0), (0, 1), (0, 1)))
+    b_tilde = np.zeros((d + 1, f + 1))
+    b_tilde[:d, :f] = basis
+    b_tilde[:d, f] = 0 if offset is None else offset
+    b_tilde[d, f] = 1
+    return np.einsum("if,bij,jg->bfg", b_tilde, q, b_tilde)
+
+
 def one_hot(o, indices):
     u = np.zeros((len(indices), o))
     u[np.arange(len(indices)), indices] = 1.0

@@ -1,11 +1,13 @@
 """interaction_entries and interaction_diagonal against float64 oracles of the formed Q."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 import bilinear_kernels as bk
 
-from helpers import make_layer, one_hot, oracle_q, random_weights, to_numpy
+from helpers import make_layer, one_hot, oracle_q, oracle_q_on_basis, random_weights, to_numpy
 
 # (d, h, o, bias): biases, d = 1, o = 1, no P, and a form wider than the hidden size
 SHAPES = [(5, 7, 4, False), (5, 7, 4, True), (1, 3, 2, True), (6, 4, 1, False), (4, 6, None, True), (9, 2, 3, False)]
@@ -119,3 +121,57 @@ def test_parameters_as_weights_give_plain_results():
     assert not entries.requires_grad and not values.requires_grad and not sigma.requires_grad
     np.testing.assert_allclose(entries.numpy()[0], q[0, [0, 2], [3, 2]], rtol=1e-12)
     np.testing.assert_allclose(values.numpy()[0], q[0, rows[0].numpy(), cols[0].numpy()], rtol=1e-12)
+
+
+entries_module = importlib.import_module("bilinear_kernels.entries")
+
+
+@pytest.mark.parametrize("bias, with_offset", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("route", ["columns", "through Q"])
+@pytest.mark.parametrize("framework", ["torch", "numpy"])
+def test_entries_on_a_basis_by_either_route_match_the_projected_matrices(bias, with_offset, route, framework):
+    # columns: few entries over a narrow basis, three directions; through Q: one direction asks for
+    # many entries over a basis far wider than d = 3
+    d, h, f, n, dirs = (6, 4, 20, 3, [0, 1, 0]) if route == "columns" else (3, 9, 40, 200, [1])
+    weights = random_weights(d, h, 2, bias=bias, seed=21)
+    layer = make_layer(weights, framework)
+    rng = np.random.default_rng(22)
+    basis = rng.standard_normal((d, f))
+    offset = rng.standard_normal(d) if with_offset else None
+    size = f + (bias or with_offset)
+    rows, cols = rng.integers(0, size, n), rng.integers(0, size, n)
+    rows[0], cols[0] = size - 1, size - 1
+    used = len(np.unique(np.concatenate([rows, cols])))
+    d_tilde = d + (bias or with_offset)
+    assert entries_module.columns_route_is_cheaper(h, d_tilde, used, n, len(dirs)) == (route == "columns")
+    q = oracle_q_on_basis(weights, one_hot(2, dirs), basis, offset)
+    got = bk.interaction_entries(layer, dirs, rows, cols, basis=basis, offset=offset)
+    assert isinstance(got, np.ndarray if framework == "numpy" else torch.Tensor)
+    scale = np.abs(q).max()
+    np.testing.assert_allclose(to_numpy(got), q[:, rows, cols], rtol=0, atol=1e-12 * scale)
+    diag = bk.interaction_diagonal(layer, dirs, basis=basis, offset=offset)
+    np.testing.assert_allclose(to_numpy(diag), np.diagonal(q, axis1=1, axis2=2), rtol=0, atol=1e-12 * scale)
+
+
+def test_entries_on_a_basis_under_a_small_budget_and_a_budget_too_small():
+    weights = random_weights(3, 9, 2, seed=23)
+    layer = make_layer(weights)
+    rng = np.random.default_rng(24)
+    basis = rng.standard_normal((3, 40))
+    rows, cols = rng.integers(0, 40, 300), rng.integers(0, 40, 300)
+    q = oracle_q_on_basis(weights, one_hot(2, [0, 1]), basis)
+    got = bk.interaction_entries(layer, [0, 1], rows, cols, basis=basis, max_memory=4096)  # chunks of both
+    np.testing.assert_allclose(to_numpy(got), q[:, rows, cols], rtol=0, atol=1e-12 * np.abs(q).max())
+    with pytest.raises(MemoryError, match="interaction_entries on a basis of 40 needs"):
+        bk.interaction_entries(layer, 0, rows, cols, basis=basis, max_memory=256)
+
+
+def test_entries_on_a_basis_refuse_indices_past_the_basis_and_an_offset_alone():
+    layer = make_layer(random_weights(3, 9, 2))
+    basis = np.ones((3, 5))
+    with pytest.raises(ValueError, match=r"rows holds index 5, out of range for interaction matrices of size 5"):
+        bk.interaction_entries(layer, 0, [5], [0], basis=basis)
+    with pytest.raises(ValueError, match="pass basis as well"):
+        bk.interaction_entries(layer, 0, [0], [0], offset=np.ones(3))
+    with pytest.raises(ValueError, match=r"basis must be \(d, F\) with d = 3"):
+        bk.interaction_diagonal(layer, 0, basis=np.ones((2, 5)))

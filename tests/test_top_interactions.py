@@ -1,11 +1,14 @@
 """top_interactions: the k largest |Q_ij|, i ≤ j, against a sort of the formed float64 Q."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 import bilinear_kernels as bk
+top_interactions_module = importlib.import_module("bilinear_kernels.top_interactions")
 
-from helpers import make_layer, one_hot, oracle_q, random_weights, to_numpy
+from helpers import make_layer, one_hot, oracle_q, oracle_q_on_basis, random_weights, to_numpy
 
 SHAPES = [(5, 7, 4, False), (5, 7, 4, True), (1, 3, 2, True), (6, 4, 1, False), (4, 6, None, True)]
 
@@ -108,3 +111,67 @@ def test_bad_tile_and_a_budget_too_small_for_anything():
         bk.top_interactions(layer, 0, 2, tile=0)
     with pytest.raises(MemoryError, match="top_interactions with k=2 needs"):
         bk.top_interactions(layer, 0, 2, max_memory=64)
+
+
+@pytest.mark.parametrize("bias, with_offset", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("tile", [None, 7])
+def test_the_basis_route_matches_the_projected_layer(bias, with_offset, tile):
+    # h = 9 > d = 3 and F = 40: forming Q in three dimensions is less work than projecting
+    weights = random_weights(3, 9, 2, bias=bias, seed=11)
+    layer = make_layer(weights)
+    rng = np.random.default_rng(12)
+    basis = rng.standard_normal((3, 40))
+    offset = rng.standard_normal(3) if with_offset else None
+    assert top_interactions_module.basis_route_is_cheaper(9, 3 + bias, 40 + (bias or with_offset))
+    q = oracle_q_on_basis(weights, one_hot(2, [1]), basis, offset)[0]
+    values, rows, cols = bk.top_interactions(layer, 1, 25, basis=basis, offset=offset, tile=tile)
+    check(values, rows, cols, q[None], 25)
+    projected = layer.project_input(basis, offset)
+    values_p, rows_p, cols_p = bk.top_interactions(projected, 1, 25, tile=tile)
+    np.testing.assert_allclose(to_numpy(values), to_numpy(values_p), rtol=0, atol=1e-12 * np.abs(q).max())
+
+
+@pytest.mark.parametrize("framework", ["torch", "numpy"])
+def test_the_basis_route_for_float_directions_and_several_at_once(framework):
+    weights = random_weights(4, 16, 3, seed=13)
+    layer = make_layer(weights, framework)
+    basis = np.random.default_rng(14).standard_normal((4, 30))
+    u = np.random.default_rng(15).standard_normal((3, 3))
+    values, rows, cols = bk.top_interactions(layer, u, 8, basis=basis if framework == "numpy" else torch.from_numpy(basis))
+    assert isinstance(values, np.ndarray if framework == "numpy" else torch.Tensor)
+    q = oracle_q_on_basis(weights, u, basis)
+    check(values, rows, cols, q, 8)
+
+
+def test_a_basis_that_is_cheaper_projected_takes_that_route_and_agrees():
+    # h = 2 below d = 6: projecting first (h·F²) is less work than forming Q in d dimensions
+    weights = random_weights(6, 2, 2, seed=16)
+    layer = make_layer(weights)
+    basis = np.random.default_rng(17).standard_normal((6, 8))
+    assert not top_interactions_module.basis_route_is_cheaper(2, 6, 8)
+    values, rows, cols = bk.top_interactions(layer, 0, 6, basis=basis)
+    check(values, rows, cols, oracle_q_on_basis(weights, one_hot(2, [0]), basis), 6)
+
+
+def test_the_basis_route_stays_exact_under_a_small_budget_and_refuses_what_cannot_fit():
+    weights = random_weights(3, 9, 2, seed=18)
+    layer = make_layer(weights)
+    basis = np.random.default_rng(19).standard_normal((3, 24))
+    q = oracle_q_on_basis(weights, one_hot(2, [0]), basis)[0]
+    one = top_interactions_module.basis_bytes_per_direction(9, 3, 24, 24, 5, 8)
+    values, rows, cols = bk.top_interactions(layer, [0, 0], 5, basis=basis, max_memory=one + 3 * 24 * 8)
+    check(values, rows, cols, np.stack([q, q]), 5)
+    with pytest.raises(MemoryError, match="top_interactions with k=5 on a basis of 24 needs"):
+        bk.top_interactions(layer, 0, 5, basis=basis, max_memory=200)
+
+
+def test_bad_bases_and_an_offset_alone_are_refused():
+    layer = make_layer(random_weights(3, 9, 2))
+    with pytest.raises(ValueError, match=r"basis must be \(d, F\) with d = 3"):
+        bk.top_interactions(layer, 0, 2, basis=np.ones((4, 5)))
+    with pytest.raises(ValueError, match=r"offset must be \(3,\)"):
+        bk.top_interactions(layer, 0, 2, basis=np.ones((3, 5)), offset=np.ones(2))
+    with pytest.raises(ValueError, match="pass basis as well"):
+        bk.top_interactions(layer, 0, 2, offset=np.ones(3))
+    with pytest.raises(ValueError, match=r"\[1, 15\]"):  # k counts entries of the 5 × 5 basis form
+        bk.top_interactions(layer, 0, 16, basis=np.ones((3, 5)))
