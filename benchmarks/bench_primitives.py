@@ -140,9 +140,11 @@ def peer_norms(layer, dirs):
 
 # -- measuring -------------------------------------------------------------------------------
 def run_pair(name: str, shape: dict, ours, peer, peer_bytes: int | None, repeats: int, compare,
-             budget: float = float("inf")) -> dict:
+             budget: float = float("inf"), same_ours: dict | None = None) -> dict:
     """Warm-up (peak memory, results), then up to `repeats` interleaved rounds of ours and the peer,
-    fewer once the rounds have taken `budget` seconds (at least one)."""
+    fewer once the rounds have taken `budget` seconds (at least one). `same_ours`: the row of the
+    same call of ours measured just before, reused when this row's peer cannot run (nothing to
+    interleave with)."""
     row = {"name": name, "shape": shape, "ours": {}, "peer": {}}
     available = free_bytes("cpu")
     run_peer = peer is not None and (peer_bytes is None or peer_bytes <= available // 2)
@@ -151,6 +153,9 @@ def run_pair(name: str, shape: dict, ours, peer, peer_bytes: int | None, repeats
                                  f"{format_bytes(available)} available")
     elif peer is None:
         row["peer"]["status"] = "no peer"
+    if not run_peer and same_ours is not None:
+        row["ours"] = {**same_ours["ours"], "reused_from": same_ours["name"]}
+        return row
     results = {}
     contenders = [("ours", ours)] + ([("peer", peer)] if run_peer else [])
     for who, fn in contenders:
@@ -227,7 +232,7 @@ def main(argv=None) -> dict:
         rows.append(run_pair("output_svd vs formed S Sᵀ", dict(o=o, d=o, h=hh, tensor_bytes=tensor_bytes),
                              lambda: bk.output_svd(svd_layer)[0], lambda: peer_gram(svd_layer),
                              chunk_bytes + tensor_bytes + 2 * o * o * 4, args.repeats, relative_difference,
-                             args.budget))
+                             args.budget, same_ours=rows[-1]))
         del svd_layer
     b = scaled(FULL["norm_directions"], s) if s < 1 else FULL["norm_directions"]
     rows.append(run_pair("interaction_norms", dict(d=d, h=h, directions=b),
@@ -279,6 +284,8 @@ def markdown(r: dict) -> str:
         ratio = f"{row['ratio']:.2f}×" if "ratio" in row else "–"
         diff = f"{row['max_relative_difference']:.1e}" if "max_relative_difference" in row else "–"
         note = "" if peer.get("status") in ("ok", None) else peer["status"]
+        if ours.get("reused_from"):
+            note += f"; ours: the {ours['reused_from']} row's timing (the same call)"
         if row["name"] == "project_input":
             note = "the layer's weights on the basis, once (the rows below take the basis instead)"
         lines.append(f"| {row['name']} | {shape} | {_seconds(ours)} | {_seconds(peer)} | {ratio} | {_peak(ours)} | "

@@ -267,12 +267,15 @@ def measure(run, *, device: str, repeats: int, time_cap: float, repeat_budget: f
 
 
 def measure_interleaved(runs: dict, *, device: str, repeats: int, time_caps: dict, repeat_budget: float,
-                        count_warmup: dict | None = None, check=None, log=None) -> dict:
+                        count_warmup: dict | None = None, check=None, log=None,
+                        short_seconds: float = 0.0, max_repeats: int | None = None) -> dict:
     """Measure every `runs[name](time_cap, warmup) -> result` of one workload (module docstring).
 
     Every method first gets its warm-up (memory and accuracy, as in `measure`; a failure becomes its
     row); then rounds follow, each timing one run of every method that still needs samples, until
     each has `repeats` samples or its samples add up to `repeat_budget` seconds (at least one).
+    Short runs take more: a method keeps sampling past `repeats` while its samples add up to less
+    than `short_seconds`, up to `max_repeats` (a median of millisecond runs needs many to settle).
     `time_caps[name]` bounds one run; `count_warmup[name]=False` where the warm-up differs from a
     timed run; `check` is one accuracy function for all, or a dict of them by name. `log(name, row)` is called as each warm-up ends. Returns name -> row, in `runs`' order.
     """
@@ -307,9 +310,15 @@ def measure_interleaved(runs: dict, *, device: str, repeats: int, time_caps: dic
         if log is not None:
             log(name, row)
 
+    most = max(repeats, max_repeats or repeats)
+
     def wants_more(name):
         got = samples[name]
-        return not got or (len(got) < repeats and sum(got) < repeat_budget)
+        if not got:
+            return True
+        if sum(got) >= repeat_budget:
+            return False
+        return len(got) < repeats or (sum(got) < short_seconds and len(got) < most)
 
     turn = 0
     while True:

@@ -205,8 +205,10 @@ def markdown(results: dict, plot_names: dict) -> str:
     if busy:
         out += [f"**{busy}**", ""]
     out.append(f"Scale {st['scale']:g} of the published shapes; {st['weights']} random weights; "
-               f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up, "
-               f"the methods of a workload interleaved round by round ({st['forward_repeats']} runs for W5); "
+               f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up"
+               + (f" (more, up to {st['short_runs']['max_repeats']}, while a method's runs add up to less than "
+                  f"{st['short_runs']['seconds']:g} s)" if st.get("short_runs") else "")
+               + f", the methods of a workload interleaved round by round ({st['forward_repeats']} runs for W5); "
                f"time cap {st['time_cap']:g} s per method ({st['peer_cap_factor']:g}× for the peer's routes and ours). "
                f"Command: `{results['command']}`.")
     out.append("")

@@ -34,6 +34,10 @@ DEFAULTS = {  # per device: scale, repeats, time cap (s)
 PEER_CAP_FACTOR = 4.0
 # W5's passes take milliseconds: more samples cost little and steady the median
 FORWARD_MIN_REPEATS = 10
+# so do W1..W4 at small scales: a method keeps sampling until its samples add up to this many
+# seconds, up to SHORT_MAX_REPEATS runs
+SHORT_SECONDS = 1.0
+SHORT_MAX_REPEATS = 50
 SWEEP = "sweep"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -117,7 +121,8 @@ def run_decomposition(wl: Workload, args, log, weights: str | None = None) -> di
     measured = measure_interleaved(runs, device=args.device, repeats=args.repeats, time_caps=caps,
                                    repeat_budget=args.time_cap,
                                    count_warmup={m.name: not m.warmup_differs for m in methods},
-                                   check=oracle.check, log=log_warmup)
+                                   check=oracle.check, log=log_warmup,
+                                   short_seconds=SHORT_SECONDS, max_repeats=SHORT_MAX_REPEATS)
     rows = [{"method": n, "label": info[n].label, "family": info[n].family, **row} for n, row in measured.items()]
     return {"name": wl.name, "title": wl.title, "weights": weights, "shapes": wl.shapes(),
             "full_d": wl.full_d, "rows": rows}
@@ -149,6 +154,7 @@ def main(argv=None) -> dict:
         "command": "python -m benchmarks.run " + shlex.join(argv),
         "environment": report.environment(args.device),
         "settings": {"device": args.device, "scale": args.scale, "repeats": args.repeats,
+                     "short_runs": {"seconds": SHORT_SECONDS, "max_repeats": SHORT_MAX_REPEATS},
                      "forward_repeats": max(args.repeats, FORWARD_MIN_REPEATS),
                      "time_cap": args.time_cap, "peer_cap_factor": PEER_CAP_FACTOR,
                      "weights": args.weights, "seed": args.seed, "oracle_directions": args.oracle_directions,

@@ -24,3 +24,12 @@ def test_a_peer_too_big_for_memory_is_not_run():
     row = bench_primitives.run_pair("x", {}, lambda: bench_primitives.torch.zeros(1), lambda: 1 / 0,
                                     peer_bytes=1 << 60, repeats=1, compare=None)
     assert row["peer"]["status"].startswith("not run: needs about") and "ratio" not in row
+
+
+def test_a_row_whose_peer_cannot_run_reuses_the_same_call_of_ours():
+    first = bench_primitives.run_pair("first", {}, lambda: bench_primitives.torch.zeros(1), None,
+                                      peer_bytes=None, repeats=1, compare=None)
+    calls = []
+    row = bench_primitives.run_pair("second", {}, lambda: calls.append(1), lambda: 1 / 0, peer_bytes=1 << 60,
+                                    repeats=1, compare=None, same_ours=first)
+    assert not calls and row["ours"]["median"] == first["ours"]["median"] and row["ours"]["reused_from"] == "first"

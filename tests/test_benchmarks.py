@@ -220,6 +220,18 @@ def test_measure_interleaved_times_the_methods_in_rotating_rounds():
     assert rows["c"]["status"] == "not_applicable" and rows["c"]["reason"] == "not here"
 
 
+def test_short_runs_take_more_samples_up_to_a_limit():
+    def run(_cap, _warmup):
+        return measure.Solution(torch.zeros(1, 1), torch.ones(1, 1, 1))
+
+    plain = measure.measure_interleaved({"a": run}, device="cpu", repeats=3, time_caps={"a": 1.0},
+                                        repeat_budget=10.0)
+    assert len(plain["a"]["seconds"]["samples"]) == 3
+    short = measure.measure_interleaved({"a": run}, device="cpu", repeats=3, time_caps={"a": 1.0},
+                                        repeat_budget=10.0, short_seconds=5.0, max_repeats=12)
+    assert len(short["a"]["seconds"]["samples"]) == 12  # microseconds each: the limit stops it
+
+
 def test_fitted_exponent_recovers_a_power_law():
     from benchmarks import report
 

@@ -388,3 +388,17 @@ def test_numpy_integers_are_taken_as_krylov_knobs(layer):
     as_numpy = bk.decompose(layer, [0, 1], k=2, method="lanczos", seed=np.int64(3), block_size=np.int32(2),
                             max_products=np.int64(500))
     torch.testing.assert_close(as_numpy.eigenvalues, as_python.eigenvalues, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", [0, 37, -1])  # first, inside, last: min and max must see each
+def test_every_float_dtype_reports_a_single_non_finite_value_wherever_it_is(dtype, bad, where):
+    from bilinear_kernels._arrays import check_finite
+
+    t = torch.randn(8, 13).to(dtype)
+    check_finite(t, "t")  # finite: no error
+    t.view(-1)[where] = bad
+    with pytest.raises(ValueError, match=r"t contains 1 non-finite value"):
+        check_finite(t, "t")
+    check_finite(torch.empty(0, 3, dtype=dtype), "empty")
