@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
         for weights in (case.weights if args.weights is None else (args.weights,)):
             results["workloads"] += run_case(case, weights, args, log)
     results["seconds_total"] = round(time.perf_counter() - started, 1)
-    results["environment"]["load_average_end"] = report.load_average()
+    report.finish_environment(results["environment"])
     results["targets"] = evaluate(results)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"core-cpu-{results['date']}" + ("-quick" if args.quick else "") + ("-only" if args.only else "")

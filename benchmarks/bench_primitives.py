@@ -188,6 +188,7 @@ def relative_difference(ours: torch.Tensor, peer: torch.Tensor) -> float:
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    env = report.environment("cpu")
     s = args.scale
     d, h = scaled(FULL["d"], s), scaled(FULL["h"], s)
     layer = random_layer(d, h, d)
@@ -243,7 +244,7 @@ def main(argv=None) -> dict:
     results = {
         "question": "the primitives against the hand-written einsum: time and peak memory",
         "command": "python -m benchmarks.bench_primitives " + shlex.join(argv),
-        "machine": report.environment("cpu"),
+        "machine": report.finish_environment(env),
         "note": args.note,
         "settings": {"scale": s, "repeats": args.repeats, "budget_seconds": args.budget, "dtype": "float32",
                      "memory_method": MEMORY_METHOD["cpu"]},
@@ -270,10 +271,13 @@ def markdown(r: dict) -> str:
         "# Primitives against the hand-written einsum", "",
         f"Command: `{r['command']}`", "",
         f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads), torch {m['torch']}, "
+        f"BLAS {m['blas'].get('blas')}, LAPACK {m['blas'].get('lapack')}, {m['blas'].get('parallel_backend')} threads; "
         f"numpy {m['numpy']}, commit {m['git_commit']}{' (dirty)' if m['git_dirty'] else ''}; float32; "
         f"up to {r['settings']['repeats']} interleaved rounds after a warm-up (fewer once a row's rounds took "
         f"{r['settings'].get('budget_seconds', float('inf')):g} s); peak memory: {r['settings']['memory_method']}.",
         "",
+        *([report.machine_line(m), ""] if report.machine_line(m) else []),
+        *([f"**{report.load_note(m)}**", ""] if report.load_note(m) else []),
         *([f"Note: {r['note']}", ""] if r.get("note") else []),
         "| primitive | shape | ours (s) | peer (s) | peer / ours | ours peak | peer peak | max rel. difference | peer |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
         log(f"{wl.name}: {report.shape_line(wl.shapes())}")
         results["sweep"].append(run_decomposition(wl, args, log))
     results["seconds_total"] = round(time.perf_counter() - started, 1)
-    results["environment"]["load_average_end"] = report.load_average()
+    report.finish_environment(results["environment"])
     results["exponents"] = {label: report.fitted_exponent(points)
                             for label, points in report.sweep_series(results["sweep"]).items()}
     args.out.mkdir(parents=True, exist_ok=True)

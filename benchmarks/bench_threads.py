@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
                    "sizes": [run_d(d, counts, args.repeats) for d in sizes]}
     finally:
         stop_load(load)
-    env["load_average_end"] = report.load_average()
+    report.finish_environment(env)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"threads-cpu-{results['date']}" + ("-quick" if args.quick else "") + (f"-load{args.load}" if args.load else "")
     (args.out / f"{stem}.json").write_text(json.dumps(report.json_safe(results), indent=1) + "\n")

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -79,15 +80,69 @@ def load_average() -> list[float] | None:
         return None
 
 
+def cpu_usage() -> dict | None:
+    """What the machine's CPUs and this process (its own threads, not its children) have run so far, in seconds,
+    and a wall clock: two readings give the other processes' share (`other_cores_busy`). None
+    where /proc/stat cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+    own = os.times()
+    return {"busy_seconds": busy / os.sysconf("SC_CLK_TCK"), "wall_seconds": time.monotonic(),
+            "own_seconds": own.user + own.system}
+
+
+def other_cores_busy(start: dict | None, end: dict | None) -> float | None:
+    """The average number of cores that processes other than this one kept busy between two
+    `cpu_usage` readings (a benchmark's own threads are not load on it)."""
+    if not start or not end or end["wall_seconds"] <= start["wall_seconds"]:
+        return None
+    other = (end["busy_seconds"] - start["busy_seconds"]) - (end["own_seconds"] - start["own_seconds"])
+    return round(max(0.0, other) / (end["wall_seconds"] - start["wall_seconds"]), 2)
+
+
+def finish_environment(env: dict) -> dict:
+    """At the end of a run: the load average then, and how busy other processes kept the machine."""
+    env["load_average_end"] = load_average()
+    env["other_cores_busy"] = other_cores_busy(env.get("cpu_usage_start"), cpu_usage())
+    return env
+
+
 def load_note(env: dict) -> str:
-    """A sentence saying the machine was busy, when the load average at the start or end of the
-    run was at least half its cores: timings from such a run are noisy."""
+    """A sentence saying the machine was busy, timings from such a run being noisy: when other
+    processes kept at least half its cores busy on average during the run, or, for results that
+    lack that reading, when the load average at the start or end was at least half its cores."""
     cores = env.get("cpu_count") or 1
+    other = env.get("other_cores_busy")
+    if other is not None:
+        if other >= cores / 2:
+            return (f"Taken on a loaded machine (other processes kept {other:g} of {cores} cores busy on "
+                    "average during the run): timings are noisy; rerun on a quiet machine for final numbers.")
+        return ""
     loads = [x[0] for x in (env.get("load_average_start"), env.get("load_average_end")) if x]
     if loads and max(loads) >= cores / 2:
         return (f"Taken on a loaded machine (1-minute load average {', then '.join(f'{x:g}' for x in loads)} "
                 f"on {cores} cores): timings are noisy; rerun on a quiet machine for final numbers.")
     return ""
+
+
+def machine_line(env: dict) -> str:
+    """The load readings of a run in one sentence, for a results header."""
+    parts = []
+    if env.get("load_average_start"):
+        parts.append(f"1-minute load average {env['load_average_start'][0]:g} at the start")
+    if env.get("load_average_end"):
+        parts.append(f"{env['load_average_end'][0]:g} at the end (this run's own threads included)")
+    if env.get("other_cores_busy") is not None:
+        parts.append(f"other processes kept {env['other_cores_busy']:g} cores busy on average")
+    return "; ".join(parts) + "." if parts else ""
 
 
 def environment(device: str) -> dict:
@@ -99,6 +154,7 @@ def environment(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "blas": blas(),
         "load_average_start": load_average(),
+        "cpu_usage_start": cpu_usage(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

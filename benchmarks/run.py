@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     finally:
         gc.unfreeze()
     results["seconds_total"] = round(time.perf_counter() - started, 1)
-    results["environment"]["load_average_end"] = report.load_average()
+    report.finish_environment(results["environment"])
 
     stem = args.stem or _default_stem(args, now)
     paths = report.write(results, args.out, stem)

@@ -372,3 +372,21 @@ def test_forward_tolerance_follows_the_dtype_used():
         eager = next(r for r in rows if r["method"] == "torch-eager")
         err = eager["passes"]["forward"]["accuracy"]["max_rel_error_y"]
         assert err < FORWARD_TOL[str(dtype).replace("torch.", "")], (dtype, err)
+
+
+def test_a_run_s_own_threads_are_not_load_but_other_processes_are():
+    from benchmarks import report
+
+    start = {"busy_seconds": 100.0, "own_seconds": 5.0, "wall_seconds": 10.0}
+    alone = {"busy_seconds": 120.0, "own_seconds": 24.5, "wall_seconds": 20.0}  # 2 cores, all ours
+    shared = {"busy_seconds": 120.0, "own_seconds": 10.0, "wall_seconds": 20.0}  # 1.5 cores of others
+    assert report.other_cores_busy(start, alone) == 0.05
+    assert report.other_cores_busy(start, shared) == 1.5
+    assert report.load_note({"cpu_count": 2, "other_cores_busy": 0.05, "load_average_end": [1.9]}) == ""
+    assert "other processes kept 1.5 of 2 cores busy" in report.load_note({"cpu_count": 2, "other_cores_busy": 1.5})
+    # results without the reading fall back to the load averages
+    assert "load average 0.4, then 1.9" in report.load_note({"cpu_count": 2, "load_average_start": [0.4],
+                                                              "load_average_end": [1.9]})
+    reading = report.cpu_usage()
+    if reading is not None:  # Linux: a real reading of the machine and of this process
+        assert reading["busy_seconds"] > 0 and reading["own_seconds"] > 0

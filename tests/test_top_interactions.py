@@ -175,3 +175,18 @@ def test_bad_bases_and_an_offset_alone_are_refused():
         bk.top_interactions(layer, 0, 2, offset=np.ones(3))
     with pytest.raises(ValueError, match=r"\[1, 15\]"):  # k counts entries of the 5 × 5 basis form
         bk.top_interactions(layer, 0, 16, basis=np.ones((3, 5)))
+
+
+@pytest.mark.parametrize("d, h, o, bias", [(1, 3, 1, False), (1, 4, None, True), (2, 5, 1, True)])
+def test_the_basis_route_at_the_smallest_shapes(d, h, o, bias):
+    # d = 1 (a single input), o = 1 (a single output) and no P: the basis route still agrees
+    weights = random_weights(d, h, o, bias=bias, seed=31)
+    layer = make_layer(weights)
+    basis = np.random.default_rng(32).standard_normal((d, 9))
+    out = h if o is None else o
+    assert top_interactions_module.basis_route_is_cheaper(h, d + bias, 9 + bias)
+    q = oracle_q_on_basis(weights, one_hot(out, [out - 1]), basis)
+    values, rows, cols = bk.top_interactions(layer, [out - 1], 7, basis=basis)
+    check(values, rows, cols, q, 7)
+    got = bk.interaction_diagonal(layer, [out - 1], basis=basis)
+    np.testing.assert_allclose(to_numpy(got), np.diagonal(q, axis1=1, axis2=2), rtol=0, atol=1e-12 * np.abs(q).max())
