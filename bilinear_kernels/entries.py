@@ -65,14 +65,7 @@ def interaction_entries(layer: BilinearLayer, directions, rows, cols, *, basis=N
     """
     _check_layer(layer)
     dirs = parse_directions(directions, layer.d_out)
-    basis_t = offset_t = None
-    if basis is not None:
-        basis_t, offset_t = layer.check_basis(basis, offset)
-        size = basis_t.shape[1] + (1 if layer.has_bias or offset_t is not None else 0)
-    elif offset is not None:
-        raise ValueError("offset is the origin of a basis: pass basis as well")
-    else:
-        size = layer.d_form
+    basis_t, offset_t, size = layer.form_on_basis(basis, offset)
     rows = index_vector(rows, "rows", size)
     cols = index_vector(cols, "cols", size)
     if rows.shape != cols.shape:
@@ -162,11 +155,7 @@ def interaction_diagonal(layer: BilinearLayer, directions, *, basis=None, offset
     (b, h) × (h, d) GEMM. Same conventions, `basis` and `offset` as `interaction_entries` (then
     (b, F), or F + 1 with a constant)."""
     _check_layer(layer)
-    if basis is not None:
-        basis_t, offset_t = layer.check_basis(basis, offset)
-        size = basis_t.shape[1] + (1 if layer.has_bias or offset_t is not None else 0)
-    else:
-        size = layer.d_form
+    basis_t, offset_t, size = layer.form_on_basis(basis, offset)
     every = torch.arange(size)
-    return interaction_entries(layer, directions, every, every, basis=basis, offset=offset, dtype=dtype,
+    return interaction_entries(layer, directions, every, every, basis=basis_t, offset=offset_t, dtype=dtype,
                                max_memory=max_memory)

@@ -195,6 +195,17 @@ class BilinearLayer:
                 check_finite(t, name)
         return basis_t, offset_t
 
+    def form_on_basis(self, basis, offset=None) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        """(basis, offset, size) for the functions that read interactions on an optional basis:
+        the checked tensors (None, None without a basis) and the size of the interaction matrices
+        there, F (+ 1 for the constant with a bias or an offset), or this layer's own `d_form`."""
+        if basis is None:
+            if offset is not None:
+                raise ValueError("offset is the origin of a basis: pass basis as well")
+            return None, None, self.d_form
+        basis_t, offset_t = self.check_basis(basis, offset)
+        return basis_t, offset_t, basis_t.shape[1] + (1 if self.has_bias or offset_t is not None else 0)
+
     def project_input(self, basis, offset=None, *, max_memory: int | None = None) -> "BilinearLayer":
         """The layer on coordinates z in `basis`: x = basis @ z + offset, basis (d, F), offset (d,).
 

@@ -69,13 +69,7 @@ def top_interactions(layer: BilinearLayer, directions, k: int, *, basis=None, of
     """
     _check_layer(layer)
     dirs = parse_directions(directions, layer.d_out)
-    if basis is not None:
-        basis_t, offset_t = layer.check_basis(basis, offset)
-        size = basis_t.shape[1] + (1 if layer.has_bias or offset_t is not None else 0)
-    elif offset is not None:
-        raise ValueError("offset is the origin of a basis: pass basis as well")
-    else:
-        size = layer.d_form
+    basis_t, offset_t, size = layer.form_on_basis(basis, offset)
     h = layer.d_hidden
     entries = size * (size + 1) // 2
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
