@@ -173,15 +173,8 @@ def run_case(case: Case, weights: str, args, log) -> list[dict]:
 
 def markdown(results: dict) -> str:
     env, st = results["environment"], results["settings"]
-    lib = env.get("blas") or {}
-    out = [f"# Core engine against the peer: cpu, {results['date']}", "",
-           f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads); BLAS {lib.get('blas')}, "
-           f"LAPACK {lib.get('lapack')}, {lib.get('parallel_backend')} threads; torch {env['torch']}, NumPy "
-           f"{env['numpy']}, opt_einsum {env['opt_einsum']}; commit {str(env['git_commit'])[:10]}"
-           f"{' (modified)' if env['git_dirty'] else ''}. Command: `{results['command']}`.", ""]
-    busy = report.load_note(env)
-    if busy:
-        out += [f"**{busy}**", ""]
+    out = [f"# Core engine against the peer: cpu, {results['date']}", "", f"Command: `{results['command']}`.", "",
+           *report.machine_header(env)]
     out += [f"Median of up to {st['repeats']} interleaved rounds after a warm-up (a row stops repeating once "
             f"its runs add up to {st['budget']:g} s; the warm-up counts as a sample when it alone took a quarter "
             "of that). The peer is the fastest peer route in each table; its routes compute the full spectrum "

@@ -270,14 +270,10 @@ def markdown(r: dict) -> str:
     lines = [
         "# Primitives against the hand-written einsum", "",
         f"Command: `{r['command']}`", "",
-        f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads), torch {m['torch']}, "
-        f"BLAS {m['blas'].get('blas')}, LAPACK {m['blas'].get('lapack')}, {m['blas'].get('parallel_backend')} threads; "
-        f"numpy {m['numpy']}, commit {m['git_commit']}{' (dirty)' if m['git_dirty'] else ''}; float32; "
-        f"up to {r['settings']['repeats']} interleaved rounds after a warm-up (fewer once a row's rounds took "
-        f"{r['settings'].get('budget_seconds', float('inf')):g} s); peak memory: {r['settings']['memory_method']}.",
+        *report.machine_header(m),
+        f"Float32; up to {r['settings']['repeats']} interleaved rounds after a warm-up (fewer once a row's rounds "
+        f"took {r['settings'].get('budget_seconds', float('inf')):g} s); peak memory: {r['settings']['memory_method']}.",
         "",
-        *([report.machine_line(m), ""] if report.machine_line(m) else []),
-        *([f"**{report.load_note(m)}**", ""] if report.load_note(m) else []),
         *([f"Note: {r['note']}", ""] if r.get("note") else []),
         "| primitive | shape | ours (s) | peer (s) | peer / ours | ours peak | peer peak | max rel. difference | peer |",
         "|---|---|---|---|---|---|---|---|---|",

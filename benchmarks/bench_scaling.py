@@ -72,15 +72,9 @@ def parse_args(argv):
 
 def markdown(results: dict) -> str:
     env, st = results["environment"], results["settings"]
-    lib = env.get("blas") or {}
-    out = [f"# Time against d: cpu, {results['date']}", "",
-           f"{env['cpu']} ({env['cpu_count']} cores, {st['threads']} torch threads); BLAS {lib.get('blas')}, "
-           f"{lib.get('parallel_backend')} threads; torch {env['torch']}, opt_einsum {env['opt_einsum']}; "
-           f"{st['weights']} weights. Median of up to {st['repeats']} interleaved rounds. "
-           f"Command: `{results['command']}`.", ""]
-    busy = report.load_note(env)
-    if busy:
-        out += [f"**{busy}**", ""]
+    out = [f"# Time against d: cpu, {results['date']}", "", f"Command: `{results['command']}`.", "",
+           *report.machine_header(env, st["threads"]),
+           f"{st['weights'].capitalize()} weights. Median of up to {st['repeats']} interleaved rounds.", ""]
     out += report.sweep_table(results["sweep"])
     out += [f"![time against d]({results['plot']})", ""] if results.get("plot") else []
     return "\n".join(out).rstrip() + "\n"

@@ -138,13 +138,8 @@ def markdown(results: dict) -> str:
     env, st = results["environment"], results["settings"]
     default = str(st["default_threads"])
     out = [f"# One thread against torch's default ({default}) for small decompositions: cpu, {results['date']}", "",
-           f"{env['cpu']} ({env['cpu_count']} cores); torch {env['torch']}, BLAS {env['blas'].get('blas')}, "
-           f"{env['blas'].get('parallel_backend')} threads. Command: `{results['command']}`. "
-           f"{st['load']} busy processes started beside the run; load average at the start "
-           f"{env['load_average_start']}, at the end {env['load_average_end']}.", ""]
-    busy = report.load_note(env)
-    if busy:
-        out += [f"**{busy}**", ""]
+           f"Command: `{results['command']}`. {st['load']} busy processes started beside the run.", "",
+           *report.machine_header(env, st["default_threads"])]
     out += [f"{DIRECTIONS} directions, h = 4d, full spectrum; median of {st['repeats']} interleaved rounds "
             f"(min–max). One decompose call at d = {results['sizes'][0]['d']} runs "
             f"{results['operations_per_decompose']} torch operations; a set_num_threads round trip costs "

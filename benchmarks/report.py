@@ -133,16 +133,30 @@ def load_note(env: dict) -> str:
     return ""
 
 
-def machine_line(env: dict) -> str:
-    """The load readings of a run in one sentence, for a results header."""
-    parts = []
+def machine_header(env: dict, threads: int | None = None) -> list[str]:
+    """The opening lines of every results file: the machine and software in one sentence, the load
+    readings in another, and the loaded-machine warning when there is one (`load_note`)."""
+    lib = env.get("blas") or {}
+    threads = env.get("torch_threads") if threads is None else threads
+    where = (f"{env['gpu']['name']}, CUDA {env.get('cuda')}, driver {env.get('driver')}, triton {env.get('triton')}, "
+             f"cupy {env.get('cupy')}; host {env['cpu']}" if env.get("gpu") else env["cpu"])
+    out = [f"{where} ({env['cpu_count']} cores, {threads} torch threads); BLAS {lib.get('blas')}, LAPACK "
+           f"{lib.get('lapack')}, {lib.get('parallel_backend')} threads; torch {env['torch']}, NumPy {env.get('numpy')}, "
+           f"SciPy {env.get('scipy')}, opt_einsum {env.get('opt_einsum')}; commit {str(env.get('git_commit'))[:10]}"
+           f"{' (modified)' if env.get('git_dirty') else ''}.", ""]
+    loads = []
     if env.get("load_average_start"):
-        parts.append(f"1-minute load average {env['load_average_start'][0]:g} at the start")
+        loads.append(f"1-minute load average {env['load_average_start'][0]:g} at the start")
     if env.get("load_average_end"):
-        parts.append(f"{env['load_average_end'][0]:g} at the end (this run's own threads included)")
+        loads.append(f"{env['load_average_end'][0]:g} at the end (this run's own threads included)")
     if env.get("other_cores_busy") is not None:
-        parts.append(f"other processes kept {env['other_cores_busy']:g} cores busy on average")
-    return "; ".join(parts) + "." if parts else ""
+        loads.append(f"other processes kept {env['other_cores_busy']:g} cores busy on average")
+    if loads:
+        out += ["; ".join(loads) + ".", ""]
+    busy = load_note(env)
+    if busy:
+        out += [f"**{busy}**", ""]
+    return out
 
 
 def environment(device: str) -> dict:
@@ -247,19 +261,7 @@ def _notes(row: dict) -> str:
 
 def markdown(results: dict, plot_names: dict) -> str:
     env, st = results["environment"], results["settings"]
-    where = env["gpu"]["name"] if env.get("gpu") else f"{env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads)"
-    out = [f"# bilinear_kernels benchmarks: {st['device']}, {results['date']}", ""]
-    out.append(f"{where}; torch {env['torch']}, triton {env['triton']}, cupy {env['cupy']}, "
-               f"CUDA {env['cuda']}, driver {env['driver']}, commit {str(env['git_commit'])[:10]}"
-               f"{' (modified)' if env['git_dirty'] else ''}.")
-    out.append("")
-    lib = env.get("blas") or {}
-    out.append(f"BLAS {lib.get('blas')}, LAPACK {lib.get('lapack')}, {lib.get('parallel_backend')} threads; "
-               f"NumPy {env.get('numpy')}, SciPy {env.get('scipy')}, opt_einsum {env.get('opt_einsum')}.")
-    out.append("")
-    busy = load_note(env)
-    if busy:
-        out += [f"**{busy}**", ""]
+    out = [f"# bilinear_kernels benchmarks: {st['device']}, {results['date']}", "", *machine_header(env)]
     out.append(f"Scale {st['scale']:g} of the published shapes; {st['weights']} random weights; "
                f"{st['threads']} torch thread(s); median of up to {st['repeats']} timed runs after a warm-up"
                + (f" (more, up to {st['short_runs']['max_repeats']}, while a method's runs add up to less than "

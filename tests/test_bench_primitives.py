@@ -33,3 +33,14 @@ def test_a_row_whose_peer_cannot_run_reuses_the_same_call_of_ours():
     row = bench_primitives.run_pair("second", {}, lambda: calls.append(1), lambda: 1 / 0, peer_bytes=1 << 60,
                                     repeats=1, compare=None, same_ours=first)
     assert not calls and row["ours"]["median"] == first["ours"]["median"] and row["ours"]["reused_from"] == "first"
+
+
+def test_bad_arguments_are_refused_in_one_line_naming_them(capsys):
+    import pytest
+
+    for argv in (["--budget", "0"], ["--repeats", "0"], ["--scale", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_primitives.parse_args(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("python -m benchmarks.bench_primitives: error:") and argv[0] in err

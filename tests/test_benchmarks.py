@@ -390,3 +390,17 @@ def test_a_run_s_own_threads_are_not_load_but_other_processes_are():
     reading = report.cpu_usage()
     if reading is not None:  # Linux: a real reading of the machine and of this process
         assert reading["busy_seconds"] > 0 and reading["own_seconds"] > 0
+
+
+def test_every_results_header_names_the_machine_its_load_and_a_warning_when_busy():
+    from benchmarks import report
+
+    env = {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2, "torch": "2.x", "numpy": "2.y",
+           "blas": {"blas": "mkl", "lapack": "mkl", "parallel_backend": "OpenMP"}, "git_commit": "abcdef0123456",
+           "git_dirty": False, "load_average_start": [0.5], "load_average_end": [1.9], "other_cores_busy": 0.1}
+    quiet = "\n".join(report.machine_header(env, threads=1))
+    assert "Some CPU (2 cores, 1 torch threads); BLAS mkl, LAPACK mkl, OpenMP threads" in quiet
+    assert "commit abcdef0123." in quiet and "other processes kept 0.1 cores busy on average" in quiet
+    assert "loaded machine" not in quiet
+    busy = "\n".join(report.machine_header({**env, "other_cores_busy": 1.6}))
+    assert "**Taken on a loaded machine (other processes kept 1.6 of 2 cores busy" in busy
