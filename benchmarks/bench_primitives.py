@@ -70,8 +70,12 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.quick:
         args.scale, args.repeats = QUICK_SCALE, 1
-    if args.repeats < 1 or args.directions < 1 or not args.scale > 0 or not args.budget > 0:
-        ap.error("--repeats and --directions must be at least 1, --scale and --budget positive")
+    for name in ("repeats", "directions"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("scale", "budget"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name} must be positive, got {getattr(args, name):g}")
     return args
 
 

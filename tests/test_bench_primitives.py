@@ -38,9 +38,9 @@ def test_a_row_whose_peer_cannot_run_reuses_the_same_call_of_ours():
 def test_bad_arguments_are_refused_in_one_line_naming_them(capsys):
     import pytest
 
-    for argv in (["--budget", "0"], ["--repeats", "0"], ["--scale", "-1"]):
+    for argv in (["--budget", "0"], ["--repeats", "0"], ["--directions", "0"], ["--scale", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             bench_primitives.parse_args(argv)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert err.startswith("python -m benchmarks.bench_primitives: error:") and argv[0] in err
+        assert err.startswith(f"python -m benchmarks.bench_primitives: error: {argv[0]} must be") and argv[1] in err
