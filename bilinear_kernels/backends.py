@@ -6,6 +6,8 @@ answers; this module imports none of the modules that dispatch, so imports only 
 Environment switches (set to 1):
   BILINEAR_KERNELS_DISABLE_TRITON     never use the Triton kernels
   BILINEAR_KERNELS_DISABLE_EXTENSION  never load the compiled extension
+  BILINEAR_KERNELS_STRICT             a fast path that fails its canary or a call raises instead of
+                                      handing its work to its plain-torch twin (fast_path_guard.py)
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import importlib
 
 import torch
 
+from . import fast_path_guard
 from ._env import env_flag
 
 
@@ -46,8 +49,20 @@ def extension_status() -> dict:
     return status()
 
 
+def fast_paths() -> dict:
+    """Each fast path: its twin, the switch that keeps it off, and the canary checks this process
+    has made (dtype, precision mode, device, state "passed"/"failed", canary_ms, its error and
+    tolerance, what failed); no checks yet means the path has not run."""
+    checks = fast_path_guard.states()
+    return {
+        path.name: {"twin": path.twin, "switch": path.switch,
+                    "checks": [{k: v for k, v in c.items() if k != "path"} for c in checks if c["path"] == path.name]}
+        for path in fast_path_guard.PATHS
+    }
+
+
 def backends() -> dict:
-    """A summary of what this installation can use."""
+    """A summary of what this installation can use, and how its fast paths fared so far."""
     cuda = torch.cuda.is_available()
     return {
         "torch": torch.__version__,
@@ -57,6 +72,8 @@ def backends() -> dict:
         "triton_interpret": triton_interpreting(),
         "cupy": cupy_version(),
         "extension": extension_status(),
+        "strict": fast_path_guard.strict(),
+        "fast_paths": fast_paths(),
     }
 
 

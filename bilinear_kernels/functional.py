@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ._arrays import as_tensor, framework_of, to_framework
+from . import fast_path_guard as guard
 from .backends import triton_unsupported_reason
 
 
@@ -15,12 +16,15 @@ def bilinear_reference(x, w, v, p=None, w_bias=None, v_bias=None):
 
 def bilinear_forward_kernel(x, w, v, p=None, w_bias=None, v_bias=None):
     """The function that computes P((W x + a) ⊙ (V x + b)) for these torch tensors: the fused
-    Triton forward (differentiable) where it supports them, else `bilinear_reference`.
+    Triton forward (differentiable; its kernels run behind their canaries, fast_path_guard) where
+    it supports them and has not been switched off in this process, else `bilinear_reference`.
     Under autocast the reference runs, so the projections follow autocast's casting rules."""
     if triton_unsupported_reason(x, w, v, p, w_bias, v_bias) is None and not _autocasting(x.device):
+        from .ops._launch import dot_precision
         from .ops.bilinear_forward import bilinear_fused
 
-        return bilinear_fused
+        if guard.usable(guard.TRITON_FORWARD, x.dtype, dot_precision(x.dtype), x.device):
+            return bilinear_fused
     return bilinear_reference
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import fast_path_guard as guard
 from ._arrays import to_framework, working_dtype
 from .backends import triton_unsupported_reason
 from .directions import Directions, parse_directions
@@ -38,13 +39,42 @@ def build_interaction_reference(w: torch.Tensor, v: torch.Tensor, c: torch.Tenso
     return out
 
 
-def interaction_kernel(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
-    """The function that builds Q for these inputs: the fused Triton kernel where it supports
-    them, else `build_interaction_reference`."""
-    if triton_unsupported_reason(w, v, c) is None:
-        from .ops.interaction import build_interaction_triton
+# The canary of the Triton kernel (fast_path_guard): (b, h, d), none a multiple of a block.
+CANARY_SHAPE = (3, 40, 37)
 
-        return build_interaction_triton
+
+def interaction_canary(dtype: torch.dtype, device) -> tuple[float, float]:
+    """(relative error, tolerance) of the Triton kernel against its float64 twin on a small fixed
+    problem."""
+    from .ops._launch import dot_precision
+    from .ops.interaction import build_interaction_triton
+
+    b, h, d = CANARY_SHAPE
+    g = torch.Generator().manual_seed(29)
+    w, v, c = (torch.randn(*s, generator=g).to(device=device, dtype=dtype) for s in ((h, d), (h, d), (b, h)))
+    got = build_interaction_triton(w, v, c)
+    want = build_interaction_reference(w.double(), v.double(), c.double())
+    return guard.relative_error(got, want), guard.tolerance(dtype, dot_precision(dtype))
+
+
+def build_interaction_guarded(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The Triton kernel behind its canary; `build_interaction_reference` where it is switched off."""
+    from .ops._launch import dot_precision
+    from .ops.interaction import build_interaction_triton
+
+    return guard.run(guard.TRITON_INTERACTION, w.dtype, dot_precision(w.dtype), w.device, build_interaction_triton,
+                     build_interaction_reference, (w, v, c), lambda: interaction_canary(w.dtype, w.device))
+
+
+def interaction_kernel(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
+    """The function that builds Q for these inputs: the fused Triton kernel behind its canary where
+    it supports them and has not been switched off in this process, else
+    `build_interaction_reference`."""
+    if triton_unsupported_reason(w, v, c) is None:
+        from .ops._launch import dot_precision
+
+        if guard.usable(guard.TRITON_INTERACTION, w.dtype, dot_precision(w.dtype), w.device):
+            return build_interaction_guarded
     return build_interaction_reference
 
 

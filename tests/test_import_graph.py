@@ -92,13 +92,16 @@ def test_the_parser_sees_function_level_imports_and_cycles(tmp_path):
 
 def test_backends_imports_no_module_that_dispatches():
     graph = import_graph()
-    assert graph["bilinear_kernels.backends"] <= {"bilinear_kernels._env", "bilinear_kernels.extension"}
+    assert graph["bilinear_kernels.backends"] <= {"bilinear_kernels._env", "bilinear_kernels.extension",
+                                                  "bilinear_kernels.fast_path_guard"}
     assert graph["bilinear_kernels.extension"] <= {"bilinear_kernels._env"}
+    assert graph["bilinear_kernels.fast_path_guard"] <= {"bilinear_kernels._env"}
 
 
 @pytest.mark.parametrize("kernel", ["bilinear_kernels.ops.bilinear_forward", "bilinear_kernels.ops.interaction"])
 def test_kernels_import_only_below_them(kernel):
-    assert import_graph()[kernel] <= {"bilinear_kernels.ops._launch", "bilinear_kernels.backends"}
+    assert import_graph()[kernel] <= {"bilinear_kernels.ops._launch", "bilinear_kernels.backends",
+                                      "bilinear_kernels.fast_path_guard"}
 
 
 def test_the_package_import_graph_has_no_cycle():

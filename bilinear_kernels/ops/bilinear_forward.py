@@ -14,8 +14,10 @@ activations torch keeps for backward (both pre-activations and H), which is what
 size in training. When a graph of the backward itself is needed (create_graph=True, e.g. Hessians)
 the backward runs in plain differentiable torch instead, so double backward stays exact.
 
-The plain-torch twin of the forward is `functional.bilinear_reference`; the twin of the backward
-kernel is `bilinear_hidden_grad_reference` below.
+The plain-torch twin of the forward is `functional.bilinear_reference`; the twins of the two
+kernels are `bilinear_hidden_reference` and `bilinear_hidden_grad_reference` below. Each kernel
+runs behind its canary (fast_path_guard): a kernel that fails it, or raises, hands its work to its
+twin.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import fast_path_guard as guard
 from ._launch import aligned_rows, configs, dot_precision, make_pruner
 
 # Per precision class, what is worth tuning (COMPILE_TABLE.md has each one's registers, spills and
@@ -227,6 +230,49 @@ def bilinear_hidden_grad_reference(x, w, v, w_bias, v_bias, grad_hidden, want_hi
     return g, (a * b if want_hidden else None)
 
 
+# -- canaries (fast_path_guard): one small fixed problem per kernel, none of its sizes a multiple of
+# a block, with biases, so masks and the bias epilogue are exercised; a few microseconds of work.
+CANARY_SHAPE = (37, 40, 33)  # (n, d, h)
+
+
+def _canary_operands(dtype, device):
+    n, d, h = CANARY_SHAPE
+    g = torch.Generator().manual_seed(23)
+    x, w, v = (torch.randn(*s, generator=g) for s in ((n, d), (h, d), (h, d)))
+    w_bias, v_bias, grad_hidden = torch.randn(h, generator=g), torch.randn(h, generator=g), torch.randn(n, h, generator=g)
+    return [t.to(device=device, dtype=dtype) for t in (x, w, v, w_bias, v_bias, grad_hidden)]
+
+
+def forward_canary(dtype, device) -> tuple[float, float]:
+    """(relative error, tolerance) of `bilinear_hidden_triton` against its float64 twin."""
+    x, w, v, w_bias, v_bias, _ = _canary_operands(dtype, device)
+    got = bilinear_hidden_triton(x, w, v, w_bias, v_bias)
+    want = bilinear_hidden_reference(*(t.double() for t in (x, w, v, w_bias, v_bias)))
+    return guard.relative_error(got, want), guard.tolerance(dtype, dot_precision(dtype))
+
+
+def backward_canary(dtype, device) -> tuple[float, float]:
+    """(relative error, tolerance) of `bilinear_hidden_grad_triton` (G and H) against its float64 twin."""
+    operands = _canary_operands(dtype, device)
+    g, hidden = bilinear_hidden_grad_triton(*operands, want_hidden=True)
+    g_ref, hidden_ref = bilinear_hidden_grad_reference(*(t.double() for t in operands), want_hidden=True)
+    error = max(guard.relative_error(g, g_ref), guard.relative_error(hidden, hidden_ref))
+    return error, guard.tolerance(dtype, dot_precision(dtype))
+
+
+def bilinear_hidden_guarded(x, w, v, w_bias=None, v_bias=None):
+    """`bilinear_hidden_triton` behind its canary; its twin where the kernel is switched off."""
+    return guard.run(guard.TRITON_FORWARD, x.dtype, dot_precision(x.dtype), x.device, bilinear_hidden_triton,
+                     bilinear_hidden_reference, (x, w, v, w_bias, v_bias), lambda: forward_canary(x.dtype, x.device))
+
+
+def bilinear_hidden_grad_guarded(x, w, v, w_bias, v_bias, grad_hidden, want_hidden: bool):
+    """`bilinear_hidden_grad_triton` behind its canary; its twin where the kernel is switched off."""
+    return guard.run(guard.TRITON_BACKWARD, x.dtype, dot_precision(x.dtype), x.device, bilinear_hidden_grad_triton,
+                     bilinear_hidden_grad_reference, (x, w, v, w_bias, v_bias, grad_hidden, want_hidden),
+                     lambda: backward_canary(x.dtype, x.device))
+
+
 class FusedBilinearFunction(torch.autograd.Function):
     """y = ((x Wᵀ + a) ⊙ (x Vᵀ + b)) Pᵀ on 2-D x, saving only x for backward.
 
@@ -236,7 +282,7 @@ class FusedBilinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, v, p, w_bias, v_bias, use_kernel: bool):
-        hidden_fn = bilinear_hidden_triton if use_kernel else bilinear_hidden_reference
+        hidden_fn = bilinear_hidden_guarded if use_kernel else bilinear_hidden_reference
         hidden = hidden_fn(x, w, v, w_bias, v_bias)
         ctx.use_kernel = use_kernel
         ctx.save_for_backward(x, w, v, p, w_bias, v_bias)
@@ -250,7 +296,7 @@ class FusedBilinearFunction(torch.autograd.Function):
         grad_hidden = grad_y if p is None else grad_y @ p
         want_hidden = p is not None and need_p
         # Under create_graph the backward must itself be differentiable: take the torch twin.
-        grad_fn = (bilinear_hidden_grad_triton if ctx.use_kernel and not torch.is_grad_enabled()
+        grad_fn = (bilinear_hidden_grad_guarded if ctx.use_kernel and not torch.is_grad_enabled()
                    else bilinear_hidden_grad_reference)
         g, hidden = grad_fn(x, w, v, w_bias, v_bias, grad_hidden, want_hidden)
         g_w, g_v = g[:, :h], g[:, h:]
