@@ -42,6 +42,10 @@ CUDA_TEST_FILES = (
     "tests/ops/test_autotune.py", "tests/test_extension.py", "tests/test_nn.py", "tests/test_layer.py",
 )
 TAIL_CHARS = 4000
+# every step's environment: fast paths raise instead of falling back (fast_path_guard)
+STEP_ENV = (("BILINEAR_KERNELS_STRICT", "1"),)
+# (batch, n) at which the report records the route torch's own CUDA eigh takes
+EIGH_ROUTE_SHAPES = ((256, 32), (4096, 512), (64, 4096))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +72,18 @@ def plan(out: Path, xdist: bool | None = None) -> list[Step]:
         Step("extension-build", ("python", "setup.py", "build_ext", "--inplace"), 60,
              env=(("BILINEAR_KERNELS_BUILD_EXTENSION", "1"),)),
         Step("extension-import", ("python", "-m", "benchmarks.gpu_check", "--probe", str(out / "extension.json")), 20,
-             results=("extension.json",)),
+             results=("extension.json", "fast-paths-extension-import.json")),
         Step("tests", ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *workers,
                        "--junitxml", str(out / "tests.xml"), *CUDA_TEST_FILES), 120),
     ]
     for precision in PRECISIONS:
         steps.append(Step(f"forward-{precision}", (
-            "python", "benchmarks/bench_forward.py", "--device", "cuda", "--shapes", "8192x1024x4096",
+            *_module_step(out, f"forward-{precision}", precision, "benchmarks.bench_forward"),
+            "--device", "cuda", "--shapes", "8192x1024x4096",
             "--dtypes", "bfloat16,float32" if precision == "highest" else "float32", "--modes", "forward,train",
             "--warmup", "2", "--reps", "5", "--no-compile", "--matmul-precision", precision,
-            "--out", str(out / f"forward-{precision}")), 40, results=(f"forward-{precision}.json",)))
+            "--out", str(out / f"forward-{precision}")), 40,
+            results=(f"forward-{precision}.json", f"fast-paths-forward-{precision}.json")))
         steps.append(Step(f"interaction-{precision}", (
             "python", "benchmarks/bench_interaction.py", "--device", "cuda", "--shapes", "1024x4096x256",
             "--warmup", "1", "--reps", "3", "--matmul-precision", precision,
@@ -87,17 +93,24 @@ def plan(out: Path, xdist: bool | None = None) -> list[Step]:
                       results=("eigh-*-float32-quick.json",)))
     for precision in PRECISIONS:
         steps.append(Step(f"decompose-{precision}", (
-            "python", "-m", "benchmarks.gpu_check", "--matmul-precision", precision, "--run-module", "benchmarks.run",
-            "--", "--device", "cuda", "--scale", "0.125", "--only", "W2,W3,W4", "--repeats", "1",
+            *_module_step(out, f"decompose-{precision}", precision, "benchmarks.run"),
+            "--device", "cuda", "--scale", "0.125", "--only", "W2,W3,W4", "--repeats", "1",
             "--time-cap", "5", "--quiet", "--out", str(out), "--stem", f"decompose-{precision}"), 35,
-            results=(f"decompose-{precision}.json",)))
+            results=(f"decompose-{precision}.json", f"fast-paths-decompose-{precision}.json")))
     return steps
+
+
+def _module_step(out: Path, name: str, precision: str, module: str) -> tuple[str, ...]:
+    """The start of a step that runs `python -m module` under a matmul precision and writes its
+    process's canary checks to fast-paths-<name>.json; the module's own arguments follow."""
+    return ("python", "-m", "benchmarks.gpu_check", "--matmul-precision", precision,
+            "--fast-paths", str(out / f"fast-paths-{name}.json"), "--run-module", module, "--")
 
 
 def run_step(step: Step, log_dir: Path) -> dict:
     """Run one step in its own process group, killed at its limit; never raises."""
     log = log_dir / f"{step.name}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **dict(step.env))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **dict(STEP_ENV), **dict(step.env))
     env.pop("TRITON_INTERPRET", None)
     started = time.perf_counter()
     record = {"name": step.name, "command": shlex.join(step.argv), "limit_s": step.limit_s, "log": log.name}
@@ -130,6 +143,8 @@ def _command_output(argv: list[str]) -> str | None:
 def environment() -> dict:
     import torch
 
+    from bilinear_kernels.solvers import dense
+
     versions = {}
     for name in ("triton", "cupy", "numpy", "scipy"):
         try:
@@ -147,6 +162,8 @@ def environment() -> dict:
         "cuda_runtime": torch.version.cuda,
         "nvcc": _command_output(["nvcc", "--version"]),
         "torch": torch.__version__,
+        # by torch's version (solvers/dense.py): >= 2.12 batches every size, <= 2.11 loops above n = 32
+        "torch_eigh_route": ", ".join(f"{b}x{n}: {dense.torch_eigh_route(n, b)}" for b, n in EIGH_ROUTE_SHAPES),
         **versions,
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
@@ -156,7 +173,8 @@ def environment() -> dict:
 
 
 def probe_extension(path: Path) -> int:
-    """The extension's status and the libcusolver this process mapped (run as its own step)."""
+    """The extension's status, the libcusolver this process mapped, and the cuSOLVER eigh canary
+    in float32 and float64 (run as its own step)."""
     from bilinear_kernels import extension
 
     status = extension.extension_status()
@@ -168,18 +186,52 @@ def probe_extension(path: Path) -> int:
         status["libcusolver_loaded"] = None
     path.write_text(json.dumps(status, indent=2, default=str) + "\n")
     print(json.dumps(status, indent=2, default=str))
-    return 0 if status["loaded"] and not status["gpu_error"] else 1
+    if not status["loaded"] or status["gpu_error"]:
+        return 1
+    canaries_passed = eigh_canaries()
+    write_fast_paths(path.parent / "fast-paths-extension-import.json")
+    return 0 if canaries_passed else 1
 
 
-def run_module(module: str, argv: list[str], precision: str) -> int:
-    """Run `python -m module argv...` under torch.set_float32_matmul_precision(precision)."""
+def eigh_canaries() -> bool:
+    """Run cusolver eigh behind its canary (dense.eigh) in float32 and float64; False when one fails."""
+    import torch
+
+    from bilinear_kernels.fast_path_guard import FastPathError
+    from bilinear_kernels.solvers import dense
+
+    passed = True
+    for dtype in (torch.float32, torch.float64):
+        a = torch.randn(4, 40, 40, dtype=dtype, device="cuda")
+        try:
+            dense.eigh((a + a.mT) / 2, "cusolver")
+        except FastPathError as exc:
+            print(f"cuSOLVER eigh canary, {dtype}: {exc}", file=sys.stderr)
+            passed = False
+    return passed
+
+
+def write_fast_paths(path: Path) -> None:
+    from bilinear_kernels import fast_path_guard
+
+    path.write_text(json.dumps({"strict": fast_path_guard.strict(), "checks": fast_path_guard.states()}, indent=2)
+                    + "\n")
+
+
+def run_module(module: str, argv: list[str], precision: str, fast_paths: Path | None = None) -> int:
+    """Run `python -m module argv...` under torch.set_float32_matmul_precision(precision); then,
+    however it ended, write this process's canary checks to `fast_paths`."""
     import runpy
 
     import torch
 
     torch.set_float32_matmul_precision(precision)
     sys.argv = [module, *argv]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:
+        if fast_paths is not None:
+            write_fast_paths(fast_paths)
     return 0
 
 
@@ -203,12 +255,30 @@ def markdown(report: dict) -> str:
         status = "ok" if step["ok"] else ("timed out" if step["timed_out"] else f"failed (exit {step['returncode']})")
         lines.append(f"| {step['name']} | {status} | {step['seconds']} | {step['limit_s']} | "
                      f"{', '.join(step['results']) or '-'} |")
+    lines += fast_path_lines(report)
     for step in report["steps"]:
         if not step["ok"]:
             lines += ["", f"## {step['name']}: last output", "", f"`{step['command']}`", "", "```",
                       step["output_tail"][-1500:], "```"]
     lines += ["", "Raw timings: gpu_check.json (each step's `results`) and the benchmarks' own .json/.md files here."]
     return "\n".join(lines) + "\n"
+
+
+def fast_path_lines(report: dict) -> list[str]:
+    """The canary checks every step recorded (fast-paths-*.json), as a table."""
+    rows = []
+    for step in report["steps"]:
+        for name, found in step["results"].items():
+            if name.startswith("fast-paths-"):
+                for c in found.get("checks", []):
+                    error = "-" if c.get("canary_error") is None else f"{c['canary_error']:.2g} / {c['tolerance']:.2g}"
+                    rows.append(f"| {step['name']} | {c['path']} | {c['dtype']} | {c['mode']} | {c['device']} | "
+                                f"{c['state']} | {c['canary_ms']} | {error} | {c.get('failure') or ''} |")
+    lines = ["", "## Fast paths: canary checks (BILINEAR_KERNELS_STRICT=1 in every step)", ""]
+    if not rows:
+        return lines + ["No step recorded a canary check."]
+    return lines + ["| step | path | dtype | mode | device | state | canary ms | error / tolerance | failure |",
+                    "|---|---|---|---|---|---|---:|---:|---|", *rows]
 
 
 def check(out: Path) -> dict:
@@ -239,6 +309,7 @@ def main(argv=None) -> int:
     parser.add_argument("--probe", type=Path, default=None, help=argparse.SUPPRESS)  # the extension-import step
     parser.add_argument("--run-module", default=None, help=argparse.SUPPRESS)  # a step under a matmul precision
     parser.add_argument("--matmul-precision", choices=PRECISIONS, default="highest", help=argparse.SUPPRESS)
+    parser.add_argument("--fast-paths", type=Path, default=None, help=argparse.SUPPRESS)  # with --run-module
     parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = args.out or ROOT / "benchmarks" / "results" / f"gpu-check-{dt.date.today().isoformat()}"
@@ -249,7 +320,7 @@ def main(argv=None) -> int:
         return 0
     if args.run_module:
         rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-        return run_module(args.run_module, rest, args.matmul_precision)
+        return run_module(args.run_module, rest, args.matmul_precision, args.fast_paths)
     import torch
 
     if not torch.cuda.is_available():

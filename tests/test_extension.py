@@ -413,10 +413,15 @@ def test_failures_name_the_matrix():
 
 
 @gpu_test
-def test_dense_auto_uses_the_extension_on_cuda():
-    q = _random_symmetric(4, 10, seed=9)
-    assert dense.eigh_backend(q) == "cusolver"
+def test_dense_auto_uses_the_extension_where_torch_loops():
+    # torch <= 2.11 loops one matrix at a time above n = 32; from 2.12 it batches every size
+    loops = dense.torch_version() < dense.TORCH_BATCHES_EVERY_SIZE
+    q = _random_symmetric(4, 40, seed=9)
+    assert dense.eigh_backend(q) == ("cusolver" if loops else "torch")
+    assert dense.eigh_backend(_random_symmetric(4, 10, seed=9)) == "torch"  # torch batches these
     assert dense.eigh_backend(q.requires_grad_()) == "torch"  # autograd stays with torch
+    values, _ = dense.eigh(q.detach(), "cusolver")  # behind its canary, which passes (strict mode)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(q.detach()), rtol=1e-10, atol=1e-10)
     g = torch.Generator(device="cuda").manual_seed(2)
     layer = bk.BilinearLayer(torch.randn(24, 16, device="cuda", generator=g, dtype=torch.float64),
                              torch.randn(24, 16, device="cuda", generator=g, dtype=torch.float64))

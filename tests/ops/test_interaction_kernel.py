@@ -130,7 +130,8 @@ def test_dispatch_env_switch(triton_disabled):
 @requires_cuda
 def test_dispatch_cuda_takes_the_kernel():
     w, v, c = make_inputs(2, 5, 4, torch.float32)
-    assert interaction.interaction_kernel(w, v, c) is build_interaction_triton
+    # the kernel behind its canary (fast_path_guard)
+    assert interaction.interaction_kernel(w, v, c) is interaction.build_interaction_guarded
     assert interaction.interaction_kernel(w.double(), v.double(), c.double()) is build_interaction_reference
 
 
