@@ -6,7 +6,9 @@ at (batch, n) = (4096, 512)? Rows, all on the same random symmetric batch per sh
   ours            cusolver.eigh, algorithm "auto" (csrc/eigh.cpp's rule; the algorithm is recorded)
   ours-<alg>      the other algorithms that apply, to check the auto rule ("syevd" is the
                   per-matrix syevd loop, one cusolverDnXsyevd call per matrix)
-  torch           torch.linalg.eigh of the installed torch (its own dispatch)
+  torch           torch.linalg.eigh of the installed torch (its own dispatch; the route it takes
+                  by its version is recorded: solvers/dense.py's torch_eigh_route, with what
+                  dense.eigh's "auto" picks for the shape)
   cupy            cupy.linalg.eigh (batched Jacobi), when CuPy is installed
 Each row: median seconds of a call (including the input copy every peer makes), matrices per
 second, GFLOP/s counting 4·n³ per matrix with vectors (4/3·n³ without), and the speed-up of
@@ -16,6 +18,9 @@ largest eigenvalue error of every row on the first matrices against float64 torc
     python benchmarks/bench_eigh.py                  # the shapes below, fp32 with vectors
     python benchmarks/bench_eigh.py --quick          # small shapes, a smoke test
     python benchmarks/bench_eigh.py --shapes 256x64,64x1024 --dtype float64 --no-vectors
+
+Before timing, cuSOLVER eigh's canary runs (fast_path_guard, through dense.eigh); its state is
+recorded, and with BILINEAR_KERNELS_STRICT=1 a failing canary stops the run.
 
 Writes benchmarks/results/eigh-<device>-<dtype>.{json,md}. Needs a CUDA GPU and the extension.
 """
@@ -118,11 +123,13 @@ def values_of(out) -> torch.Tensor:
 
 def versions() -> dict:
     from bilinear_kernels import extension
+    from bilinear_kernels.solvers import dense
 
     info = {
         "device": torch.cuda.get_device_name(),
         "capability": ".".join(map(str, torch.cuda.get_device_capability())),
         "torch": torch.__version__,
+        "torch_batches_every_size": dense.torch_version() >= dense.TORCH_BATCHES_EVERY_SIZE,
         "torch_cuda": torch.version.cuda,
         "extension": extension.extension_status(),
         "python": platform.python_version(),
@@ -144,6 +151,8 @@ def versions() -> dict:
 
 
 def bench_shape(batch: int, n: int, dtype: torch.dtype, vectors: bool, args) -> list[dict]:
+    from bilinear_kernels.solvers import dense
+
     a = random_symmetric(batch, n, dtype)
     ref = torch.linalg.eigvalsh(a[:CHECKED_MATRICES].double())
     scale = ref.abs().amax().item()
@@ -151,6 +160,8 @@ def bench_shape(batch: int, n: int, dtype: torch.dtype, vectors: bool, args) -> 
     rows = []
     for name, fn in contenders(a, vectors):
         row = {"batch": batch, "n": n, "row": name}
+        if name == "torch":  # the route torch's version takes, and whether dense.eigh's "auto" keeps it
+            row.update(route=dense.torch_eigh_route(n, batch), auto_backend=dense.eigh_backend(a))
         try:
             out, warm = timed(fn)  # the warm-up call, also the accuracy check
             err = (values_of(out)[:CHECKED_MATRICES].double() - ref).abs().max().item() / scale
@@ -185,18 +196,23 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
         f"# Batched eigh, {meta['dtype']}, vectors {'on' if meta['vectors'] else 'off'}",
         "",
-        f"{meta['device']} (sm_{meta['capability'].replace('.', '')}), torch {meta['torch']} (CUDA "
+        f"{meta['device']} (sm_{meta['capability'].replace('.', '')}), torch {meta['torch']} ("
+        f"{'batches every size through syevBatched' if meta.get('torch_batches_every_size') else 'loops per matrix above n = 32'}; CUDA "
         f"{meta['torch_cuda']}), cuSOLVER {ext.get('cusolver_runtime')} at run time / {ext.get('cusolver_build')} "
         f"at build, CuPy {meta.get('cupy')}, {meta['date']}, commit {meta.get('commit')}.",
         f"GFLOP/s counts {'4' if meta['vectors'] else '4/3'}·n³ per matrix. Speed-up of ours = row seconds / "
         "ours seconds. Error: max |λ − λ_ref| / max |λ_ref| on the first "
-        f"{CHECKED_MATRICES} matrices against float64 torch.linalg.eigh.",
+        f"{CHECKED_MATRICES} matrices against float64 torch.linalg.eigh. The torch row names the route torch "
+        "takes by its version and what dense.eigh's \"auto\" picks for the shape.",
+        f"cuSOLVER eigh canary: {canary_summary(meta.get('fast_paths', []))}.",
         "",
         "| batch | n | row | seconds | matrices/s | GFLOP/s | speed-up of ours | error |",
         "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         name = r["row"] + (f" ({r['algorithm']})" if "algorithm" in r else "")
+        if "route" in r:
+            name += f" ({r['route']}; auto: {r['auto_backend']})"
         if "error" in r:
             lines.append(f"| {r['batch']} | {r['n']} | {name} | failed: {r['error']} | | | | |")
             continue
@@ -204,6 +220,24 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                      f"{r['gflops']:.4g} | {r.get('speedup_of_ours', float('nan')):.3g} | "
                      f"{r['max_rel_eigenvalue_error']:.1e} |")
     return "\n".join(lines) + "\n"
+
+
+def canary_summary(checks: list[dict]) -> str:
+    if not checks:
+        return "not run"
+    return "; ".join(f"{c['dtype']} {c['state']} in {c['canary_ms']} ms"
+                     + (f" (error {c['canary_error']:.2g}, tolerance {c['tolerance']:.2g})" if c.get("canary_error") is not None else "")
+                     + (f": {c['failure']}" if c.get("failure") else "") for c in checks)
+
+
+def run_canary(dtype: torch.dtype) -> list[dict]:
+    """cuSOLVER eigh's canary through dense.eigh; the checks it recorded (FastPathError in strict mode)."""
+    from bilinear_kernels import fast_path_guard
+    from bilinear_kernels.solvers import dense
+
+    a = random_symmetric(4, 40, dtype)
+    dense.eigh(a, "cusolver")
+    return [c for c in fast_path_guard.states() if c["path"] == fast_path_guard.CUSOLVER_EIGH.name]
 
 
 def main(argv=None) -> int:
@@ -234,7 +268,14 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     dtype = getattr(torch, args.dtype)
     shapes = args.shapes or (QUICK if args.quick else SHAPES)
-    meta = {**versions(), "dtype": args.dtype, "vectors": args.vectors,
+    from bilinear_kernels.fast_path_guard import FastPathError
+
+    try:
+        canary = run_canary(dtype)
+    except FastPathError as exc:
+        print(f"bench_eigh: {exc}; nothing was measured.", file=sys.stderr)
+        return 1
+    meta = {**versions(), "dtype": args.dtype, "vectors": args.vectors, "fast_paths": canary,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = []
     for batch, n in shapes:

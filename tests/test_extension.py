@@ -145,6 +145,24 @@ def test_benchmark_refuses_without_cuda():
     assert "needs a CUDA GPU" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_benchmark_report_names_torchs_route_and_the_canary():
+    from benchmarks import bench_eigh
+
+    meta = {"dtype": "float32", "vectors": True, "device": "NVIDIA H100", "capability": "9.0", "torch": "2.11.0",
+            "torch_batches_every_size": False, "torch_cuda": "12.8", "extension": {}, "date": "2026-12-05",
+            "fast_paths": [{"path": "cusolver_eigh", "dtype": "float32", "mode": "-", "device": "cuda:0",
+                            "state": "passed", "canary_ms": 3.5, "canary_error": 2e-7, "tolerance": 1.9e-5,
+                            "failure": None}]}
+    row = {"batch": 64, "n": 512, "row": "torch", "route": dense.torch_eigh_route(512, 64, "2.11.0"),
+           "auto_backend": "cusolver", "seconds": 1.0, "matrices_per_second": 64.0, "gflops": 1.0,
+           "speedup_of_ours": 2.0, "max_rel_eigenvalue_error": 1e-7}
+    text = bench_eigh.markdown(meta, [row])
+    assert "torch 2.11.0 (loops per matrix above n = 32;" in text
+    assert "| torch (syevd_loop; auto: cusolver) |" in text
+    assert "cuSOLVER eigh canary: float32 passed in 3.5 ms (error 2e-07, tolerance 1.9e-05)." in text
+    assert "canary: not run." in bench_eigh.markdown({**meta, "fast_paths": []}, [row])
+
+
 # -- argument checks (before any GPU work) -------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """benchmarks.gpu_check: its plan names steps that exist, with flags their scripts accept, within
 the 8-minute budget; each step is time-boxed and a failing one is recorded, not fatal; without a
 CUDA device it refuses with one line."""
+import json
 import re
 import sys
 from pathlib import Path
@@ -122,3 +123,60 @@ def test_run_module_sets_the_precision_and_passes_arguments(monkeypatch):
     finally:
         torch.set_float32_matmul_precision(saved)
     assert seen == {"name": "benchmarks.run", "argv": ["benchmarks.run", "--only", "W2"], "precision": "high"}
+
+
+def test_every_step_runs_in_strict_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv("BILINEAR_KERNELS_STRICT", raising=False)
+    assert ("BILINEAR_KERNELS_STRICT", "1") in gpu_check.STEP_ENV
+    step = gpu_check.Step("env", ("python", "-c", "import os; print('strict=' + os.environ['BILINEAR_KERNELS_STRICT'])"), 30)
+    record = gpu_check.run_step(step, tmp_path)
+    assert record["ok"] and "strict=1" in record["output_tail"]
+
+
+def test_steps_on_the_fast_paths_record_their_canaries(steps, tmp_path):
+    for step in steps:
+        if step.name.startswith(("forward-", "decompose-")):
+            args = list(step.argv)
+            path = Path(args[args.index("--fast-paths") + 1])
+            assert path.parent == tmp_path and path.name in step.results
+        if step.name == "extension-import":
+            assert "fast-paths-extension-import.json" in step.results
+
+
+def test_run_module_writes_the_canary_checks_however_it_ends(monkeypatch, tmp_path):
+    from bilinear_kernels import fast_path_guard as guard
+
+    def module_that_fails_a_canary(name, run_name, alter_sys):
+        guard.run(guard.TRITON_INTERACTION, torch.float16, None, "cuda:0", None, None, (),
+                  lambda: (1.0, 4e-3))  # strict mode (set by the suite): raises
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr("runpy.run_module", module_that_fails_a_canary)
+    guard.reset()
+    saved = torch.get_float32_matmul_precision()
+    out = tmp_path / "fast-paths-x.json"
+    try:
+        with pytest.raises(guard.FastPathError, match="triton_interaction"):
+            gpu_check.main(["--fast-paths", str(out), "--run-module", "benchmarks.run", "--"])
+    finally:
+        torch.set_float32_matmul_precision(saved)
+        guard.reset()
+    written = json.loads(out.read_text())
+    assert written["strict"] is True
+    (check,) = written["checks"]
+    assert check["path"] == "triton_interaction" and check["state"] == "failed" and check["dtype"] == "float16"
+
+
+def test_the_report_shows_every_canary_state():
+    check = {"path": "triton_forward", "dtype": "bfloat16", "mode": "-", "device": "cuda:0", "state": "failed",
+             "canary_ms": 812.5, "canary_error": 0.5, "tolerance": 0.03, "failure": "its canary differs"}
+    step = {"name": "forward-highest", "ok": False, "timed_out": False, "returncode": 1, "seconds": 3.0,
+            "limit_s": 40, "command": "x", "output_tail": "boom",
+            "results": {"fast-paths-forward-highest.json": {"strict": True, "checks": [check]}}}
+    report = {"command": "python -m benchmarks.gpu_check", "seconds_total": 3.0, "steps": [step],
+              "environment": {"date": "2026-12-05", "torch": "2.11.0", "torch_eigh_route": "4096x512: syevd_loop"}}
+    text = gpu_check.markdown(report)
+    assert "| forward-highest | triton_forward | bfloat16 | - | cuda:0 | failed | 812.5 | 0.5 / 0.03 | its canary differs |" in text
+    assert "torch_eigh_route: 4096x512: syevd_loop" in text
+    step["results"] = {}
+    assert "No step recorded a canary check." in gpu_check.markdown(report)
