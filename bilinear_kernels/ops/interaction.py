@@ -24,7 +24,8 @@ from ._launch import aligned_rows, configs, dot_precision, make_pruner
 
 # Per precision class, what is worth tuning (COMPILE_TABLE.md has each one's registers, spills and
 # shared memory on sm_90): four (BLOCK_H, BLOCK_D) tiles are staged per step, so fp32 tiles are
-# kept to those that fit; tf32x3 keeps the ones that compile without spilling.
+# kept to those that fit; tf32x3 keeps the ones that compiled without spilling under Triton 3.6
+# (under Triton 3.9 the 128-wide tile spills 16 B, see the table).
 GPU_CONFIGS = {
     "half": [
         dict(BLOCK_D=128, BLOCK_H=32, num_warps=8, num_stages=3),
