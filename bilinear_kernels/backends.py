@@ -51,12 +51,14 @@ def extension_status() -> dict:
 
 def fast_paths() -> dict:
     """Each fast path: its twin, the switch that keeps it off, and the canary checks this process
-    has made (dtype, precision mode, device, state "passed"/"failed", canary_ms, its error and
-    tolerance, what failed); no checks yet means the path has not run."""
+    has made, keyed "dtype mode device" (state "passed"/"failed", canary_ms, the canary's error
+    and tolerance, what failed); no checks yet means the path has not run in this process."""
     checks = fast_path_guard.states()
     return {
         path.name: {"twin": path.twin, "switch": path.switch,
-                    "checks": [{k: v for k, v in c.items() if k != "path"} for c in checks if c["path"] == path.name]}
+                    "checks": {f"{c['dtype']} {c['mode']} {c['device']}":
+                               {k: v for k, v in c.items() if k not in ("path", "dtype", "mode", "device")}
+                               for c in checks if c["path"] == path.name}}
         for path in fast_path_guard.PATHS
     }
 
