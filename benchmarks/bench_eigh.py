@@ -114,6 +114,22 @@ def contenders(a: torch.Tensor, vectors: bool):
     return rows
 
 
+def torch_launches(fn) -> dict:
+    """What one call of torch's eigh launched on the GPU (torch.profiler): the number of kernels and
+    copies and their distinct names, the observed side of the route torch took (a loop over the
+    matrices launches a few kernels per matrix, a batched solver a few in all)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        return {"launches": len(names), "names": sorted(set(names))[:12]}
+    except Exception as exc:  # noqa: BLE001 - a profiler that cannot run is recorded, not fatal
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+
+
 def values_of(out) -> torch.Tensor:
     values = out[0] if isinstance(out, tuple) else out
     if not isinstance(values, torch.Tensor):
@@ -160,8 +176,9 @@ def bench_shape(batch: int, n: int, dtype: torch.dtype, vectors: bool, args) -> 
     rows = []
     for name, fn in contenders(a, vectors):
         row = {"batch": batch, "n": n, "row": name}
-        if name == "torch":  # the route torch's version takes, and whether dense.eigh's "auto" keeps it
-            row.update(route=dense.torch_eigh_route(n, batch), auto_backend=dense.eigh_backend(a))
+        if name == "torch":  # the route torch's version takes, what it launched, and what "auto" picks
+            row.update(route=dense.torch_eigh_route(n, batch), auto_backend=dense.eigh_backend(a),
+                       launched=torch_launches(fn))
         try:
             out, warm = timed(fn)  # the warm-up call, also the accuracy check
             err = (values_of(out)[:CHECKED_MATRICES].double() - ref).abs().max().item() / scale
@@ -203,7 +220,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"GFLOP/s counts {'4' if meta['vectors'] else '4/3'}·n³ per matrix. Speed-up of ours = row seconds / "
         "ours seconds. Error: max |λ − λ_ref| / max |λ_ref| on the first "
         f"{CHECKED_MATRICES} matrices against float64 torch.linalg.eigh. The torch row names the route torch "
-        "takes by its version and what dense.eigh's \"auto\" picks for the shape.",
+        "takes by its version, the GPU launches one call made (torch.profiler; the JSON names them) and "
+        "what dense.eigh's \"auto\" picks for the shape.",
         f"cuSOLVER eigh canary: {canary_summary(meta.get('fast_paths', []))}.",
         "",
         "| batch | n | row | seconds | matrices/s | GFLOP/s | speed-up of ours | error |",
@@ -212,7 +230,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     for r in rows:
         name = r["row"] + (f" ({r['algorithm']})" if "algorithm" in r else "")
         if "route" in r:
-            name += f" ({r['route']}; auto: {r['auto_backend']})"
+            launched = r.get("launched", {})
+            seen = f"{launched['launches']} GPU launches" if "launches" in launched else "launches not profiled"
+            name += f" ({r['route']}, {seen}; auto: {r['auto_backend']})"
         if "error" in r:
             lines.append(f"| {r['batch']} | {r['n']} | {name} | failed: {r['error']} | | | | |")
             continue

@@ -89,7 +89,7 @@ def tolerance(dtype: torch.dtype, mode: str | None) -> float:
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got − want| / max |want| in float64 (inf when got is not finite where want is)."""
+    """max |got − want| / max |want| in float64 (NaN or inf when got is not finite)."""
     got, want = got.double(), want.double()
     scale = want.abs().max().item()
     return (got - want).abs().max().item() / (scale if scale > 0 else 1.0)
