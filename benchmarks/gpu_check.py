@@ -265,15 +265,17 @@ def markdown(report: dict) -> str:
 
 
 def fast_path_lines(report: dict) -> list[str]:
-    """The canary checks every step recorded (fast-paths-*.json), as a table."""
+    """The canary checks every step recorded (fast-paths-*.json, and bench_eigh's meta), as a table."""
     rows = []
     for step in report["steps"]:
         for name, found in step["results"].items():
-            if name.startswith("fast-paths-"):
-                for c in found.get("checks", []):
-                    error = "-" if c.get("canary_error") is None else f"{c['canary_error']:.2g} / {c['tolerance']:.2g}"
-                    rows.append(f"| {step['name']} | {c['path']} | {c['dtype']} | {c['mode']} | {c['device']} | "
-                                f"{c['state']} | {c['canary_ms']} | {error} | {c.get('failure') or ''} |")
+            if not isinstance(found, dict):
+                continue
+            checks = found.get("checks") if name.startswith("fast-paths-") else found.get("meta", {}).get("fast_paths")
+            for c in checks if isinstance(checks, list) else []:
+                error = "-" if c.get("canary_error") is None else f"{c['canary_error']:.2g} / {c['tolerance']:.2g}"
+                rows.append(f"| {step['name']} | {c['path']} | {c['dtype']} | {c['mode']} | {c['device']} | "
+                            f"{c['state']} | {c['canary_ms']} | {error} | {c.get('failure') or ''} |")
     lines = ["", "## Fast paths: canary checks (BILINEAR_KERNELS_STRICT=1 in every step)", ""]
     if not rows:
         return lines + ["No step recorded a canary check."]

@@ -175,8 +175,13 @@ def test_the_report_shows_every_canary_state():
             "results": {"fast-paths-forward-highest.json": {"strict": True, "checks": [check]}}}
     report = {"command": "python -m benchmarks.gpu_check", "seconds_total": 3.0, "steps": [step],
               "environment": {"date": "2026-12-05", "torch": "2.11.0", "torch_eigh_route": "4096x512: syevd_loop"}}
+    eigh_check = {**check, "path": "cusolver_eigh", "dtype": "float32", "state": "passed", "failure": None,
+                  "canary_error": 2e-7, "tolerance": 1.9e-5, "canary_ms": 4.0}
+    eigh_step = {**step, "name": "eigh", "ok": True, "results": {"eigh-h100-float32-quick.json": {"meta": {"fast_paths": [eigh_check]}}}}
+    report["steps"].append(eigh_step)
     text = gpu_check.markdown(report)
+    assert "| eigh | cusolver_eigh | float32 | - | cuda:0 | passed | 4.0 | 2e-07 / 1.9e-05 |  |" in text
     assert "| forward-highest | triton_forward | bfloat16 | - | cuda:0 | failed | 812.5 | 0.5 / 0.03 | its canary differs |" in text
     assert "torch_eigh_route: 4096x512: syevd_loop" in text
-    step["results"] = {}
+    step["results"] = eigh_step["results"] = {}
     assert "No step recorded a canary check." in gpu_check.markdown(report)
