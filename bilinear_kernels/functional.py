@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ._arrays import as_tensor, framework_of, to_framework
 from . import fast_path_guard as guard
+from ._arrays import as_tensor, framework_of, to_framework
 from .backends import triton_unsupported_reason
 
 

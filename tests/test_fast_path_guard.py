@@ -18,9 +18,24 @@ from bilinear_kernels import fast_path_guard as guard
 from bilinear_kernels import functional, interaction
 from bilinear_kernels.solvers import cusolver, dense
 
-forward_ops = importlib.import_module("bilinear_kernels.ops.bilinear_forward")
-interaction_ops = importlib.import_module("bilinear_kernels.ops.interaction")
-OutOfResources = importlib.import_module("triton.runtime.errors").OutOfResources
+
+
+@pytest.fixture
+def forward_ops():
+    """The Triton forward's module (the fused path's autograd Function, kernels and canaries)."""
+    pytest.importorskip("triton")
+    return importlib.import_module("bilinear_kernels.ops.bilinear_forward")
+
+
+@pytest.fixture
+def interaction_ops():
+    pytest.importorskip("triton")
+    return importlib.import_module("bilinear_kernels.ops.interaction")
+
+
+def out_of_resources(required, limit):
+    """What Triton raises when a configuration does not fit the device."""
+    return importlib.import_module("triton.runtime.errors").OutOfResources(required, limit, "shared memory")
 
 FP32_TOL = 1e-5
 
@@ -85,14 +100,14 @@ def forward_inputs(monkeypatch):
     return (x, w, v, p), want
 
 
-def wrong_hidden(*args):
-    return forward_ops.bilinear_hidden_reference(*args) * 1.01
+def wrong_hidden(forward_ops):
+    return lambda *args: forward_ops.bilinear_hidden_reference(*args) * 1.01
 
 
 @pytest.mark.parametrize("fault", ["raises", "wrong numbers"])
-def test_forward_fault_gives_the_right_answer_with_one_warning(monkeypatch, forward_inputs, fault):
+def test_forward_fault_gives_the_right_answer_with_one_warning(monkeypatch, forward_inputs, fault, forward_ops):
     inputs, want = forward_inputs
-    kernel = Counting(raising(OutOfResources(232448, 262144, "shared memory")) if fault == "raises" else wrong_hidden)
+    kernel = Counting(raising(out_of_resources(262144, 232448)) if fault == "raises" else wrong_hidden(forward_ops))
     monkeypatch.setattr(forward_ops, "bilinear_hidden_triton", kernel)
     canary = counting_canary(monkeypatch, forward_ops, "forward_canary")
     with warnings.catch_warnings(record=True) as record:
@@ -112,7 +127,7 @@ def test_forward_fault_gives_the_right_answer_with_one_warning(monkeypatch, forw
     assert check["canary_ms"] is not None and check["canary_ms"] >= 0
 
 
-def test_forward_passing_path_runs_one_canary_and_is_used(monkeypatch, forward_inputs):
+def test_forward_passing_path_runs_one_canary_and_is_used(monkeypatch, forward_inputs, forward_ops):
     inputs, want = forward_inputs
     kernel = Counting(forward_ops.bilinear_hidden_reference)  # a correct kernel
     monkeypatch.setattr(forward_ops, "bilinear_hidden_triton", kernel)
@@ -127,7 +142,7 @@ def test_forward_passing_path_runs_one_canary_and_is_used(monkeypatch, forward_i
     assert check["state"] == "passed" and check["canary_error"] <= check["tolerance"] == FP32_TOL
 
 
-def test_forward_failing_after_its_canary_hands_over_to_the_twin(monkeypatch, forward_inputs):
+def test_forward_failing_after_its_canary_hands_over_to_the_twin(monkeypatch, forward_inputs, forward_ops):
     inputs, want = forward_inputs
 
     def only_small(x, *rest):  # right on the canary, a launch failure on the real call
@@ -142,10 +157,10 @@ def test_forward_failing_after_its_canary_hands_over_to_the_twin(monkeypatch, fo
     assert checks(guard.TRITON_FORWARD)[0]["state"] == "failed"
 
 
-def test_forward_strict_mode_raises(monkeypatch, forward_inputs):
+def test_forward_strict_mode_raises(monkeypatch, forward_inputs, forward_ops):
     inputs, _ = forward_inputs
     monkeypatch.setenv(guard.STRICT_SWITCH, "1")
-    monkeypatch.setattr(forward_ops, "bilinear_hidden_triton", wrong_hidden)
+    monkeypatch.setattr(forward_ops, "bilinear_hidden_triton", wrong_hidden(forward_ops))
     canary = counting_canary(monkeypatch, forward_ops, "forward_canary")
     for _ in range(2):  # the path stays failed, and each call says so
         with pytest.raises(guard.FastPathError, match="triton_forward .*tolerance.*BILINEAR_KERNELS_STRICT=1"):
@@ -154,18 +169,20 @@ def test_forward_strict_mode_raises(monkeypatch, forward_inputs):
     assert bk.backends()["strict"] is True
 
 
-def test_argument_errors_are_the_callers(monkeypatch, forward_inputs):
-    inputs, _ = forward_inputs
-    monkeypatch.setattr(forward_ops, "bilinear_hidden_triton", forward_ops.bilinear_hidden_reference)
-    x, w, v, p = inputs
-    guard.run(guard.TRITON_FORWARD, x.dtype, "tf32x3", x.device, lambda *a: 0, lambda *a: 1, (), lambda: (0.0, 1.0))
-    with pytest.raises(ValueError, match="bad argument"):
-        guard.run(guard.TRITON_FORWARD, x.dtype, "tf32x3", x.device, raising(ValueError("bad argument")),
-                  lambda *a: 1, (), lambda: (0.0, 1.0))
+def test_argument_errors_are_the_callers():
+    def run(fast):
+        return guard.run(guard.TRITON_FORWARD, torch.float32, "tf32x3", "cpu", fast, lambda *a: "twin", (),
+                         lambda: (0.0, 1.0))
+
+    assert run(lambda: "fast") == "fast"
+    for error in (ValueError("bad argument"), TypeError("bad argument"), torch.OutOfMemoryError("bad argument")):
+        with pytest.raises(type(error), match="bad argument"):
+            run(raising(error))
     assert checks(guard.TRITON_FORWARD)[0]["state"] == "passed"
+    assert run(lambda: "fast") == "fast"
 
 
-def test_a_nan_canary_fails(monkeypatch, forward_inputs):
+def test_a_nan_canary_fails(monkeypatch, forward_inputs, forward_ops):
     inputs, want = forward_inputs
     monkeypatch.setattr(forward_ops, "bilinear_hidden_triton",
                         lambda *a: torch.full_like(forward_ops.bilinear_hidden_reference(*a), float("nan")))
@@ -176,7 +193,7 @@ def test_a_nan_canary_fails(monkeypatch, forward_inputs):
 # -- Triton backward ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fault", ["raises", "wrong numbers"])
-def test_backward_fault_gives_the_right_gradients_with_one_warning(monkeypatch, forward_inputs, fault):
+def test_backward_fault_gives_the_right_gradients_with_one_warning(monkeypatch, forward_inputs, fault, forward_ops):
     inputs, _ = forward_inputs
     monkeypatch.setattr(forward_ops, "bilinear_hidden_triton", forward_ops.bilinear_hidden_reference)
 
@@ -207,7 +224,7 @@ def test_backward_fault_gives_the_right_gradients_with_one_warning(monkeypatch, 
     assert checks(guard.TRITON_FORWARD)[0]["state"] == "passed"
 
 
-def test_backward_strict_mode_raises(monkeypatch, forward_inputs):
+def test_backward_strict_mode_raises(monkeypatch, forward_inputs, forward_ops):
     inputs, _ = forward_inputs
     monkeypatch.setenv(guard.STRICT_SWITCH, "1")
     monkeypatch.setattr(forward_ops, "bilinear_hidden_triton", forward_ops.bilinear_hidden_reference)
@@ -230,13 +247,13 @@ def interaction_layer(monkeypatch):
 
 
 @pytest.mark.parametrize("fault", ["raises", "wrong numbers"])
-def test_interaction_fault_gives_the_right_matrices_with_one_warning(monkeypatch, interaction_layer, fault):
+def test_interaction_fault_gives_the_right_matrices_with_one_warning(monkeypatch, interaction_layer, fault, interaction_ops):
     layer, want = interaction_layer
 
     def wrong(w, v, c):
         return interaction.build_interaction_reference(w, v, c).flip(-1)
 
-    kernel = Counting(raising(OutOfResources(300000, 232448, "shared memory")) if fault == "raises" else wrong)
+    kernel = Counting(raising(out_of_resources(300000, 232448)) if fault == "raises" else wrong)
     monkeypatch.setattr(interaction_ops, "build_interaction_triton", kernel)
     canary = counting_canary(monkeypatch, interaction, "interaction_canary")
     with warnings.catch_warnings(record=True) as record:
@@ -249,7 +266,7 @@ def test_interaction_fault_gives_the_right_matrices_with_one_warning(monkeypatch
     assert interaction.interaction_kernel(layer.w, layer.v, layer.p) is interaction.build_interaction_reference
 
 
-def test_interaction_passing_path_is_used(monkeypatch, interaction_layer):
+def test_interaction_passing_path_is_used(monkeypatch, interaction_layer, interaction_ops):
     layer, want = interaction_layer
     kernel = Counting(interaction.build_interaction_reference)
     monkeypatch.setattr(interaction_ops, "build_interaction_triton", kernel)
@@ -260,10 +277,10 @@ def test_interaction_passing_path_is_used(monkeypatch, interaction_layer):
     assert checks(guard.TRITON_INTERACTION)[0]["state"] == "passed"
 
 
-def test_interaction_strict_mode_raises(monkeypatch, interaction_layer):
+def test_interaction_strict_mode_raises(monkeypatch, interaction_layer, interaction_ops):
     layer, _ = interaction_layer
     monkeypatch.setenv(guard.STRICT_SWITCH, "1")
-    monkeypatch.setattr(interaction_ops, "build_interaction_triton", raising(OutOfResources(1, 0, "shared memory")))
+    monkeypatch.setattr(interaction_ops, "build_interaction_triton", raising(out_of_resources(1, 0)))
     with pytest.raises(guard.FastPathError, match="triton_interaction .*OutOfResources"):
         bk.interaction_matrices(layer, [0])
 
@@ -385,7 +402,7 @@ def test_torch_version_refuses_what_it_cannot_read():
 
 # -- the real kernels under the interpreter -----------------------------------------------------
 
-def test_the_real_canaries_pass_and_are_recorded():
+def test_the_real_canaries_pass_and_are_recorded(forward_ops):
     if not importlib.import_module("bilinear_kernels.ops._launch").INTERPRETING:
         pytest.skip("runs the kernels under TRITON_INTERPRET=1 (on a GPU the CUDA tests run them)")
     x, w, v = (torch.randn(*s, generator=torch.Generator().manual_seed(4)) for s in ((5, 4), (3, 4), (3, 4)))
