@@ -231,7 +231,7 @@ def bilinear_hidden_grad_reference(x, w, v, w_bias, v_bias, grad_hidden, want_hi
     return g, (a * b if want_hidden else None)
 
 
-# -- canaries (fast_path_guard): one small fixed problem per kernel, a few microseconds of work. The
+# -- canaries (fast_path_guard): one small fixed problem per kernel, about 0.2 MFLOP each. The
 # row count is no multiple of a block, so the row masks are exercised; d and h are multiples of 16
 # and there is no bias, as in most real calls, so the canary compiles the kernel variant those
 # calls use (Triton specializes on divisibility by 16 and on the constexprs).
