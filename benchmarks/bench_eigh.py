@@ -177,7 +177,7 @@ def bench_shape(batch: int, n: int, dtype: torch.dtype, vectors: bool, args) -> 
     for name, fn in contenders(a, vectors):
         row = {"batch": batch, "n": n, "row": name}
         if name == "torch":  # the route torch's version takes, what it launched, and what "auto" picks
-            row.update(route=dense.torch_eigh_route(n, batch), auto_backend=dense.eigh_backend(a),
+            row.update(route=dense.torch_eigh_route(n, batch, dtype), auto_backend=dense.eigh_backend(a),
                        launched=torch_launches(fn))
         try:
             out, warm = timed(fn)  # the warm-up call, also the accuracy check
@@ -214,7 +214,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"# Batched eigh, {meta['dtype']}, vectors {'on' if meta['vectors'] else 'off'}",
         "",
         f"{meta['device']} (sm_{meta['capability'].replace('.', '')}), torch {meta['torch']} ("
-        f"{'batches every size through syevBatched' if meta.get('torch_batches_every_size') else 'loops per matrix above n = 32'}; CUDA "
+        f"{'batches every size through syevBatched' if meta.get('torch_batches_every_size') else 'loops over the matrices above n = 32'}; CUDA "
         f"{meta['torch_cuda']}), cuSOLVER {ext.get('cusolver_runtime')} at run time / {ext.get('cusolver_build')} "
         f"at build, CuPy {meta.get('cupy')}, {meta['date']}, commit {meta.get('commit')}.",
         f"GFLOP/s counts {'4' if meta['vectors'] else '4/3'}·n³ per matrix. Speed-up of ours = row seconds / "

@@ -162,7 +162,7 @@ def environment() -> dict:
         "cuda_runtime": torch.version.cuda,
         "nvcc": _command_output(["nvcc", "--version"]),
         "torch": torch.__version__,
-        # by torch's version (solvers/dense.py): >= 2.12 batches every size, <= 2.11 loops above n = 32
+        # fp32, by torch's version (solvers/dense.py): >= 2.12 batches every size, <= 2.11 loops above n = 32
         "torch_eigh_route": ", ".join(f"{b}x{n}: {dense.torch_eigh_route(n, b)}" for b, n in EIGH_ROUTE_SHAPES),
         **versions,
         "python": platform.python_version(),

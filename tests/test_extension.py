@@ -153,11 +153,12 @@ def test_benchmark_report_names_torchs_route_and_the_canary():
             "fast_paths": [{"path": "cusolver_eigh", "dtype": "float32", "mode": "-", "device": "cuda:0",
                             "state": "passed", "canary_ms": 3.5, "canary_error": 2e-7, "tolerance": 1.9e-5,
                             "failure": None}]}
-    row = {"batch": 64, "n": 512, "row": "torch", "route": dense.torch_eigh_route(512, 64, "2.11.0"),
-           "auto_backend": "cusolver", "launched": {"launches": 1280, "names": ["syevd_kernel"]}, "seconds": 1.0, "matrices_per_second": 64.0, "gflops": 1.0,
+    row = {"batch": 64, "n": 1024, "row": "torch", "route": dense.torch_eigh_route(1024, 64, torch.float32, "2.11.0"),
+           "auto_backend": "cusolver", "launched": {"launches": 1280, "names": ["syevd_kernel"]}, "seconds": 1.0,
+           "matrices_per_second": 64.0, "gflops": 1.0,
            "speedup_of_ours": 2.0, "max_rel_eigenvalue_error": 1e-7}
     text = bench_eigh.markdown(meta, [row])
-    assert "torch 2.11.0 (loops per matrix above n = 32;" in text
+    assert "torch 2.11.0 (loops over the matrices above n = 32;" in text
     assert "| torch (syevd_loop, 1280 GPU launches; auto: cusolver) |" in text
     assert "cuSOLVER eigh canary: float32 passed in 3.5 ms (error 2e-07, tolerance 1.9e-05)." in text
     assert "canary: not run." in bench_eigh.markdown({**meta, "fast_paths": []}, [row])

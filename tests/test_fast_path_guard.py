@@ -356,17 +356,21 @@ def cuda_stand_in(batch, n, dtype=torch.float32, requires_grad=False):
                                  requires_grad=requires_grad, device=torch.device("cuda", 0))
 
 
-@pytest.mark.parametrize("version, batch, n, route", [
-    ("2.11.0+cu128", 64, 32, "syevj_batched"), ("2.11.0+cu128", 64, 33, "syevd_loop"),
-    ("2.9.1", 64, 512, "syevd_loop"), ("2.12.0", 64, 512, "syev_batched"), ("2.12.0", 64, 8, "syev_batched"),
-    ("2.14.0+cu130", 4096, 1024, "syev_batched"), ("3.0.0", 2, 64, "syev_batched"), ("2.14.0", 1, 64, "syevd_loop"),
+@pytest.mark.parametrize("version, batch, n, dtype, route", [
+    ("2.11.0+cu128", 64, 32, torch.float32, "syevj_batched"), ("2.11.0+cu128", 64, 32, torch.float64, "syevj_batched"),
+    ("2.11.0+cu128", 64, 33, torch.float32, "syevj_loop"), ("2.11.0", 64, 512, torch.float32, "syevj_loop"),
+    ("2.11.0", 64, 513, torch.float32, "syevd_loop"), ("2.9.1", 64, 64, torch.float64, "syevd_loop"),
+    ("2.12.0", 64, 512, torch.float32, "syev_batched"), ("2.12.0", 64, 8, torch.float64, "syev_batched"),
+    ("2.14.0+cu130", 4096, 1024, torch.float32, "syev_batched"), ("3.0.0", 2, 64, torch.float32, "syev_batched"),
+    ("2.14.0", 1, 64, torch.float32, "single_matrix"), ("2.11.0", 1, 64, torch.float32, "single_matrix"),
 ])
-def test_torch_eigh_route_follows_the_version(version, batch, n, route):
-    assert dense.torch_eigh_route(n, batch, version) == route
+def test_torch_eigh_route_follows_the_version(version, batch, n, dtype, route):
+    assert dense.torch_eigh_route(n, batch, dtype, version) == route
 
 
 @pytest.mark.parametrize("version, batch, n, backend", [
     ("2.11.0+cu128", 64, 512, "cusolver"),  # torch loops one matrix at a time: the extension batches
+    ("2.11.0+cu128", 64, 1024, "cusolver"),
     ("2.11.0+cu128", 64, 32, "torch"),  # torch batches (Jacobi)
     ("2.11.0+cu128", 1, 512, "torch"),  # one matrix: nothing to batch
     ("2.12.0", 64, 512, "torch"),  # torch batches every size
@@ -391,7 +395,7 @@ def test_auto_keeps_torch_without_the_extension_a_gradient_or_a_working_path(mon
         guard.run(guard.CUSOLVER_EIGH, torch.float32, None, "cuda:0", cusolver.eigh, torch.linalg.eigh,
                   (torch.eye(2)[None],), lambda: dense.eigh_canary(torch.float32, "cpu"))
     assert dense.eigh_backend(cuda_stand_in(64, 512)) == "torch"  # switched off for this key
-    assert dense.eigh_backend(cuda_stand_in(64, 512, dtype=torch.float64)) == "cusolver"  # another key
+    assert dense.eigh_backend(cuda_stand_in(64, 512, dtype=torch.float64)) == "cusolver"  # another key (syevd loop)
 
 
 def test_torch_version_refuses_what_it_cannot_read():

@@ -6,12 +6,14 @@ solver, solvers/cusolver.py, behind its canary: fast_path_guard), "auto" (the ru
 
 Which route torch itself takes for a batch of CUDA matrices depends on its version:
   torch >= 2.12   cuSOLVER's batched syev (cusolverDnXsyevBatched) for every size;
-  torch <= 2.11   batched Jacobi (syevjBatched) up to n = 32, and above that one syevd call per
-                  matrix, in a loop.
+  torch <= 2.11   batched Jacobi (syevjBatched) up to n = 32; above that a loop over the matrices,
+                  one cuSOLVER call each: Jacobi (syevj) for float32 up to n = 512, syevd otherwise
+                  (linalg_eigh_cusolver in ATen's BatchLinearAlgebraLib.cpp).
 "auto" takes the extension only where torch loops one matrix at a time (torch <= 2.11, n > 32,
 more than one matrix), for float32/float64 CUDA tensors without a gradient, when the extension is
 loaded and its path has not been switched off. Where torch already batches, torch runs: no
-committed GPU measurement shows the extension winning there.
+committed GPU measurement shows the extension winning there. (benchmarks/bench_eigh.py records
+the route and what one torch call launched on the GPU, to check this rule on a real card.)
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from .selection import select
 EIGH_BACKENDS = ("auto", "torch", "cusolver")
 # the first torch release whose CUDA eigh batches every size through cusolverDnXsyevBatched
 TORCH_BATCHES_EVERY_SIZE = (2, 12)
-# up to this size torch <= 2.11 batches with syevjBatched; above it, it loops over the matrices
+# up to this size torch <= 2.11 batches with syevjBatched; above it, it loops over the matrices,
+# with single-matrix Jacobi for float32 up to TORCH_JACOBI_LOOP_MAX_N and syevd otherwise
 TORCH_JACOBI_MAX_N = 32
+TORCH_JACOBI_LOOP_MAX_N = 512
 
 
 def eigh_reference(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,14 +48,17 @@ def torch_version(text: str | None = None) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def torch_eigh_route(n: int, batch: int, version: str | None = None) -> str:
+def torch_eigh_route(n: int, batch: int, dtype: torch.dtype = torch.float32, version: str | None = None) -> str:
     """The cuSOLVER route torch's CUDA eigh takes for `batch` matrices of size n, by its version's
-    rule (see the module docstring): "syev_batched", "syevj_batched" or "syevd_loop"."""
+    rule (see the module docstring): "syev_batched" or "syevj_batched" (one batched call),
+    "syevj_loop" or "syevd_loop" (one call per matrix), or "single_matrix" (nothing to batch)."""
     if batch <= 1:
-        return "syevd_loop"  # one matrix: one syevd call in any version
+        return "single_matrix"
     if torch_version(version) >= TORCH_BATCHES_EVERY_SIZE:
         return "syev_batched"
-    return "syevj_batched" if n <= TORCH_JACOBI_MAX_N else "syevd_loop"
+    if n <= TORCH_JACOBI_MAX_N:
+        return "syevj_batched"
+    return "syevj_loop" if dtype == torch.float32 and n <= TORCH_JACOBI_LOOP_MAX_N else "syevd_loop"
 
 
 def check_backend(backend: str, device: torch.device, name: str = "eigh_backend") -> None:
@@ -74,9 +81,8 @@ def eigh_backend(q: torch.Tensor, backend: str = "auto") -> str:
     wants_grad = q.requires_grad and torch.is_grad_enabled()
     if not q.is_cuda or q.dtype not in (torch.float32, torch.float64) or wants_grad or q.ndim < 2:
         return "torch"
-    batch = math.prod(q.shape[:-2])
-    if torch_eigh_route(q.shape[-1], batch) != "syevd_loop" or batch <= 1:
-        return "torch"  # torch batches these (or there is one matrix): nothing to win
+    if not torch_eigh_route(q.shape[-1], math.prod(q.shape[:-2]), q.dtype).endswith("_loop"):
+        return "torch"  # torch batches these, or there is one matrix: nothing to win
     if cusolver.available() and guard.usable(guard.CUSOLVER_EIGH, q.dtype, None, q.device):
         return "cusolver"
     return "torch"
