@@ -7,7 +7,7 @@ polynomial coefficients, 785^8 numbers here) cannot run at this shape at all; th
 it at the sizes where it can is bench_network.py.
 
 Random weights at the published scales (nn.Linear's default initialisation); float32, as the
-published models are trained. Rows, each timed `--repeats` times (median, min–max):
+published models are trained. Rows, each timed `--repeats` times after one untimed warm-up call (median, min–max):
   top-16      bk.decompose_network(net, range(10), k=16)
   full        bk.decompose_network(net, range(10)): every eigenpair, the exact reconstruction
 Peak memory is the process's peak resident set (ru_maxrss) after each row, against its value once
@@ -55,6 +55,7 @@ def peak_rss_bytes() -> int:
 
 
 def measure(fn, repeats: int) -> dict:
+    fn()  # warm-up, untimed: one-time imports and allocator growth are no part of the cost
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
