@@ -252,8 +252,8 @@ def _from_image_model(model, residual, check) -> "BilinearNetwork":
     if found is not None and residual is not None and bool(found) != bool(residual):
         raise ValueError(f"residual={residual!r} contradicts the model's own residual={bool(found)}")
     residual = bool(found if found is not None else residual)
-    for name in ("embed", "head"):
-        if type(getattr(model, name)) is not nn.Linear:
+    for name in ("embed", "head"):  # the published classes subclass nn.Linear (an identity gate, train-time noise)
+        if not isinstance(getattr(model, name), nn.Linear):
             raise TypeError(f"module.{name} must be an nn.Linear, got {type(getattr(model, name)).__name__}")
     layers, out_biases = [], []
     for i, block in enumerate(model.blocks):
