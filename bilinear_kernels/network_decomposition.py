@@ -243,7 +243,10 @@ def decompose_network(net: BilinearNetwork, directions, k: int | None = None, wh
     if not isinstance(net, BilinearNetwork):
         raise TypeError(f"net must be a BilinearNetwork, got {type(net).__name__}")
     work = working_dtype(net.dtype, dtype)
-    dirs = parse_directions(directions, net.d_out)  # checked before any work
+    try:  # checked before any work; the message names the argument, the network's output width being d_out
+        dirs = parse_directions(directions, net.d_out)
+    except ValueError as err:
+        raise ValueError(f"directions: {err}") from None
     rules = _rank_rules(rank, net.n_layers - 1)
     d = net.d_stream
     basis = _input_basis(net)
