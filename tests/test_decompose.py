@@ -37,7 +37,7 @@ def check(res, weights, u, which, dtype=torch.float64, method=None, tol=None, **
     """Compare a result with the oracle of directions u (b, o); iterative results are held to their
     residual tolerance, direct ones to the dtype's."""
     ran = res.method
-    assert ran in ("eigh", "lanczos", "lowrank")
+    assert ran in ("eigh", "lanczos", "lowrank", "support")
     if method is not None and method != "auto":
         assert ran == method
     residual_tol = (tol or LANCZOS_DEFAULT_TOL[dtype]) if ran == "lanczos" else None
