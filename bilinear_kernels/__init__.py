@@ -7,7 +7,8 @@ from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
 from .collect import collect_inputs
 from .data_analysis import top_activations, truncation_curve
-from .model_directions import sae_decoder_basis, sae_encoder_directions, unembedding_directions
+from .model_directions import (overlap_mix_direction, sae_decoder_basis, sae_encoder_directions,
+                               unembedding_directions)
 from .norms import interaction_norms
 from .output_svd import output_svd
 from .result import DecompositionResult
@@ -22,6 +23,6 @@ __all__ = [
     "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
     "collect_inputs",
     "top_activations", "truncation_curve",
-    "sae_decoder_basis", "sae_encoder_directions", "unembedding_directions",
+    "sae_decoder_basis", "sae_encoder_directions", "unembedding_directions", "overlap_mix_direction",
     "interaction_diagonal", "interaction_entries", "interaction_norms", "output_svd", "top_interactions",
 ]
