@@ -49,7 +49,7 @@ def support_topk(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor, k: int, whic
     has residual 0."""
     b, d = c.shape[0], w.shape[1]
     present = c != 0
-    sizes = present.sum(-1)
+    sizes = torch.count_nonzero(c, dim=-1)
     too_large = 2 * sizes >= d
     if bool(too_large.any()):
         i = int(too_large.nonzero()[0])
@@ -67,8 +67,9 @@ def support_topk(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor, k: int, whic
             out = _select_and_complete(mu, span, mu, d, k, which)
         else:
             # row-major nonzero() lists each row's support in order: s entries per row
-            features = present[rows].nonzero()[:, 1].reshape(len(rows), s)
-            coeffs = torch.gather(c[rows], 1, features)
+            rows_present, rows_c = (present, c) if len(rows) == b else (present[rows], c[rows])
+            features = rows_present.nonzero()[:, 1].reshape(len(rows), s)
+            coeffs = torch.gather(rows_c, 1, features)
             out = _solve_group(w[features], v[features], coeffs, d, k, which)
         vals[rows], vecs[rows], resid[rows], norm[rows] = out
     return vals, vecs, resid, norm
