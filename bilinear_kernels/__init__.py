@@ -10,7 +10,8 @@ from .network_decomposition import NetworkDecomposition, decompose_network
 from .network_truncation import network_truncation_curve
 from .collect import collect_inputs
 from .data_analysis import top_activations, truncation_curve
-from .model_directions import sae_decoder_basis, sae_encoder_directions, unembedding_directions
+from .model_directions import (overlap_mix_direction, sae_decoder_basis, sae_encoder_directions,
+                               unembedding_directions)
 from .norms import interaction_norms
 from .output_svd import output_svd
 from .result import DecompositionResult
@@ -26,6 +27,6 @@ __all__ = [
     "collect_inputs", "NetworkDecomposition", "decompose_network",
     "network_truncation_curve",
     "top_activations", "truncation_curve",
-    "sae_decoder_basis", "sae_encoder_directions", "unembedding_directions",
+    "sae_decoder_basis", "sae_encoder_directions", "unembedding_directions", "overlap_mix_direction",
     "interaction_diagonal", "interaction_entries", "interaction_norms", "output_svd", "top_interactions",
 ]

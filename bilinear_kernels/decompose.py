@@ -1,6 +1,11 @@
 """decompose(): validate, choose a method, chunk the directions, run the solver, order and sign.
 
 Method choice for method="auto" (d is the form's dimension, d + 1 with biases):
+  "support"  when every direction of the call has c = Pᵀu with s nonzeros, 2s < d and s < h
+             (s bounded without forming c: solvers/support.py): exact, a 2s×2s problem per
+             direction instead of a d×d one (one-hot directions of a layer without P: s = 1).
+             The choice is made for the whole call: a call mixing sparse and dense directions
+             takes the rule below for all of them (split it to get both routes);
   "lowrank"  when 2h < d: exact, and the per-direction work no longer depends on d;
   "lanczos"  when k is given, d ≥ 512 and k ≤ d/32: the matrix-free Krylov basis stays far
              below d columns, so its products cost less than forming Q (2·h·d² per direction) and
@@ -32,9 +37,10 @@ from .solvers.krylov import default_block_size, default_max_basis, krylov_topk
 from .solvers.lowrank import LowRankReduction, lowrank_bytes_per_direction
 from .solvers.matrix_free import MatrixFreeProduct
 from .solvers.selection import WHICH, fix_signs
+from .solvers.support import support_bytes_per_direction, support_size_bound, support_topk
 from .threads import cpu_threads
 
-METHODS = ("auto", "eigh", "lanczos", "lowrank")
+METHODS = ("auto", "eigh", "lanczos", "lowrank", "support")
 DEFAULT_TOL = {torch.float32: 1e-4, torch.float64: 1e-8}
 LANCZOS_MIN_D = 512
 LANCZOS_MAX_K_FRACTION = 1 / 32
@@ -53,6 +59,16 @@ def choose_method(d: int, h: int, k: int | None) -> str:
     if k is not None and d >= LANCZOS_MIN_D and k <= d * LANCZOS_MAX_K_FRACTION:
         return "lanczos"
     return "eigh"
+
+
+def support_qualifies(d: int, h: int, sizes: torch.Tensor) -> bool:
+    """The "support" part of the auto rule, for the directions' support sizes (b,) (bounds)."""
+    return bool((2 * sizes < d).all()) and int(sizes.max()) < h
+
+
+def direction_support_bounds(layer: BilinearLayer, dirs) -> torch.Tensor:
+    """Upper bounds (b,) of |supp Pᵀu| for parsed directions (solvers/support.py)."""
+    return support_size_bound(layer.d_hidden, layer.p, dirs.indices, dirs.vectors)
 
 
 KRYLOV_ROUTES = ("auto", "matrix-free", "formed")
@@ -106,9 +122,10 @@ class SolverOptions(NamedTuple):
     dtype: torch.dtype
 
 
-def resolve_options(layer: BilinearLayer, k, which: str, method: str, tol, dtype) -> SolverOptions:
+def resolve_options(layer: BilinearLayer, k, which: str, method: str, tol, dtype, dirs=None) -> SolverOptions:
     """Validate decompose's solver options for `layer` (clear errors naming the argument) and
-    resolve their defaults."""
+    resolve their defaults. With the parsed directions `dirs`, method="auto" may pick "support";
+    without them it resolves by shape alone."""
     work = working_dtype(layer.dtype, dtype)
     d, h = layer.d_form, layer.d_hidden
     if which not in WHICH:
@@ -133,7 +150,10 @@ def resolve_options(layer: BilinearLayer, k, which: str, method: str, tol, dtype
                              f"{eps:.3g}, which no residual in this precision can reach; use tol >= {eps:.3g} "
                              "or dtype=torch.float64")
     if method == "auto":
-        method = choose_method(d, h, k)
+        if dirs is not None and support_qualifies(d, h, direction_support_bounds(layer, dirs)):
+            method = "support"
+        else:
+            method = choose_method(d, h, k)
     if method == "lowrank" and 2 * h >= d:
         raise ValueError(f"method='lowrank' needs 2h < d, got h={h}, d={d} (use 'eigh' or 'lanczos')")
     return SolverOptions(d if k is None else k, which, method,
@@ -153,7 +173,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     directions  output indices (int, sequence, integer tensor) or float directions (o,) / (b, o)
     k           eigenpairs per direction, 1..d; None keeps the full spectrum (d + 1 with biases)
     which       "LM" largest |λ|, "LA" largest, "SA" smallest, "BE" half from each end
-    method      "auto", "eigh", "lanczos" or "lowrank" (module docstring: the auto rule)
+    method      "auto", "eigh", "lanczos", "lowrank" or "support" (module docstring: the auto rule)
     tol         residual tolerance ‖Q v − λ v‖/‖Q‖ for "lanczos" (default 1e-4 in float32,
                 1e-8 in float64; at least the working dtype's eps); the direct methods are exact
                 to working precision
@@ -177,7 +197,7 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     knobs = check_krylov_knobs(block_size, max_basis, max_products, seed)
     if krylov_route not in KRYLOV_ROUTES:
         raise ValueError(f"krylov_route must be one of {KRYLOV_ROUTES}, got {krylov_route!r}")
-    opts = resolve_options(layer, k, which, method, tol, dtype)
+    opts = resolve_options(layer, k, which, method, tol, dtype, dirs)
     work, k_eff, method, tol = opts.dtype, opts.k, opts.method, opts.tol
     d = layer.d_form
     # the result is allocated whole below: count it first, refuse up front when it cannot fit
@@ -190,11 +210,11 @@ def decompose(layer: BilinearLayer, directions, k: int | None = None, which: str
     vecs = torch.empty(len(dirs), d, k_eff, dtype=work, device=layer.device)
     resid = torch.empty(len(dirs), k_eff, dtype=work, device=layer.device)
     started = time.perf_counter()
-    solver = {"eigh": _run_eigh, "lanczos": _run_lanczos, "lowrank": _run_lowrank}[method]
+    solver = {"eigh": _run_eigh, "lanczos": _run_lanczos, "lowrank": _run_lowrank, "support": _run_support}[method]
     extra = {}
     # many small factorizations gain nothing from a second CPU thread and lose much on a busy
     # machine (threads.py): the order of the matrices the solver factorizes decides
-    factorized = 2 * layer.d_hidden if method == "lowrank" else d
+    factorized = {"lowrank": 2 * layer.d_hidden, "support": 2}.get(method, d)
     with cpu_threads(factorized, layer.device):
         for start, stop, v, u, r in solver(layer, dirs, k_eff, which, work, budget, progress, tol,
                                             dict(knobs, eigh_backend=eigh_backend, krylov_route=krylov_route),
@@ -271,6 +291,19 @@ def _run_lowrank(layer, dirs, k, which, dtype, budget, progress, tol, knobs, ext
         yield start, start + len(sub), rescale(vals, e + scaled.exponent, norm, "the eigenvalues", start), vecs, resid
     if not eager:
         extra[RESIDUALS_ON_READ] = _residuals_on_read(layer, dirs, dtype, budget)
+
+
+def _run_support(layer, dirs, k, which, dtype, budget, progress, tol, knobs, extra):
+    scaled = ScaledLayer(layer, dtype)
+    largest = int(direction_support_bounds(layer, dirs).max())
+    per = support_bytes_per_direction(layer.d_hidden, layer.d_form, k, largest, dtype.itemsize)
+    step = chunk_size(len(dirs), per, budget, "method='support'")
+    # residuals come from 2s×2s problems: always computed with the solve
+    for start in chunk_starts(len(dirs), step, progress, "support"):
+        sub = dirs.chunk(start, min(start + step, len(dirs)))
+        c, e = scaled.coefficients(sub)
+        vals, vecs, resid, norm = support_topk(scaled.w, scaled.v, c, k, which, start)
+        yield start, start + len(sub), rescale(vals, e + scaled.exponent, norm, "the eigenvalues", start), vecs, resid
 
 
 def _eager_residuals(d: int, k: int, which: str) -> bool:

@@ -159,8 +159,9 @@ class BilinearLayer:
     def from_module(cls, module, *, allow_gated: bool = False, check: bool = True) -> "BilinearLayer":
         """The bilinear layer of an nn.Module: a transformers gate_proj/up_proj/down_proj MLP with
         hidden_act="linear", a TransformerLens GatedMLP whose act_fn was set to torch.nn.Identity(),
-        the published bilinear models' MLPs and blocks, `bilinear_kernels.nn.Bilinear`, or a tuple
-        (left, right[, out]) of nn.Linear meaning out(left(x) * right(x)). See
+        the published bilinear models' MLPs and blocks, a bilinear autoencoder (`left`, `right`
+        and optionally `down`: its latents, of the normalised input), `bilinear_kernels.nn.Bilinear`,
+        or a tuple (left, right[, out]) of nn.Linear meaning out(left(x) * right(x)). See
         `bilinear_kernels.module_adapters` for each layout.
 
         A gated module (SiLU, GELU... on W x) raises ValueError; allow_gated=True decomposes its

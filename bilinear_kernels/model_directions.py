@@ -1,8 +1,9 @@
-"""Output directions and input bases read from the objects users hold: models and SAEs.
+"""Output directions and input bases read from the objects users hold: models, SAEs and autoencoders.
 
   unembedding_directions(model, tokens=None)   rows of the unembedding: (n, d) output directions
   sae_encoder_directions(sae, features=None)   an SAE's encoder directions: (n, d_in)
   sae_decoder_basis(sae, features=None)        an SAE's decoder as an input basis: (basis, offset)
+  overlap_mix_direction(autoencoder, latents)  a bilinear autoencoder latent mixed from its top overlaps: (F,)
 
 Everything comes back as detached torch tensors on the object's device; pass directions to
 `decompose` and the basis to `layer.project_input(basis, offset)`.
@@ -135,3 +136,34 @@ def _select(rows: torch.Tensor, which, name: str) -> torch.Tensor:
 
 def _from_package(obj, package: str) -> bool:
     return any(cls.__module__.split(".")[0] == package for cls in type(obj).__mro__)
+
+
+def overlap_mix_direction(autoencoder, latents, n: int = 5, *, signed: bool = False) -> torch.Tensor:
+    """A latent mixed from the top features of its row of the overlap matrix, as a sparse direction
+    (F,) over the latents (or (b, F) for a sequence of latents), for the layer that
+    `BilinearLayer.from_module(autoencoder)` reads.
+
+    The mixed bilinear autoencoders' analysis (tdooms/bae) normalises the columns of the mixing
+    `down` (B, F), takes the overlap G = downᵀ down (F, F), and mixes the n latents with the largest
+    |G[latent, j]|, weighted by |G[latent, j]| (signed=True keeps the signs). Only the wanted rows
+    of G are computed, never the F×F matrix. n nonzeros: decompose takes method="support".
+    """
+    down = getattr(autoencoder, "down", None)
+    if isinstance(down, nn.Linear):
+        down = down.weight
+    if not isinstance(down, torch.Tensor) or down.ndim != 2:
+        raise TypeError(f"autoencoder must have a mixing `down` (B, F) parameter or nn.Linear (the mixed bilinear "
+                        f"autoencoder), got {type(autoencoder).__name__} without one")
+    down = down.detach()
+    n_latents = down.shape[1]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= n_latents:
+        raise ValueError(f"n must be an int in [1, {n_latents}] (the number of latents mixed), got {n!r}")
+    single = not isinstance(latents, (list, tuple, range)) and torch.as_tensor(latents).ndim == 0
+    columns = down / torch.linalg.vector_norm(down, dim=0, keepdim=True)
+    rows = _select(columns.T, latents, "latents")  # (b, B): the normalised columns of the wanted latents
+    overlap = rows @ columns  # (b, F): those rows of G
+    values, picked = overlap.abs().topk(n, dim=-1)
+    if signed:
+        values = torch.gather(overlap, -1, picked)
+    out = torch.zeros_like(overlap).scatter_(-1, picked, values)
+    return out[0] if single else out

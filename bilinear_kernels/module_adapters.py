@@ -17,6 +17,12 @@ Supported (anything else is a TypeError listing these):
                  half) and a down projection `p` (or `o` in the older snapshot); the image models'
                  blocks are that packed `w` alone (P = identity).
   this package   `bilinear_kernels.nn.Bilinear`.
+  autoencoders   bilinear autoencoders (tdooms/bae): `left`, `right` (F, d) parameters (or nn.Linear
+                 (d, F) with biases) and latents (left x̂) ⊙ (right x̂) of the normalised input
+                 x̂ = x/‖x‖: W = left, V = right, no P. The mixed variant's `down` (B, F) mixing
+                 is checked for shape (and against `features()`, where the module has one) but
+                 is no part of the layer: the latents are its outputs. The check runs on unit-norm
+                 inputs, where x̂ = x; eigenvectors then act on x̂.
   a tuple        (left, right) or (left, right, out) of nn.Linear: out(left(x) * right(x)).
 An nnsight wrapper (NNsight, Envoy) of any of these is read through to the module it wraps.
 
@@ -41,7 +47,8 @@ SUPPORTED = (
     "transformers MLPs with gate_proj/up_proj/down_proj (Llama, Mistral, Qwen2, Gemma) or "
     "gate_up_proj/down_proj (Phi-3); TransformerLens GatedMLP; the published bilinear models' "
     "MLPs (packed `w` + `p` or `o`) and image blocks (an nn.Linear subclass whose output is "
-    "chunk(2)-ed and multiplied); bilinear_kernels.nn.Bilinear; a tuple (left, right[, out]) "
+    "chunk(2)-ed and multiplied); bilinear_kernels.nn.Bilinear; bilinear autoencoders (`left`, `right` "
+    "(F, d) parameters or nn.Linear, optional `down` (B, F)); a tuple (left, right[, out]) "
     "of nn.Linear meaning out(left(x) * right(x))"
 )
 
@@ -71,6 +78,8 @@ class ModuleWeights:
     activation: Callable | None
     activation_name: str
     source: str
+    unit_inputs: bool = False  # the module normalises its input: it is checked on the unit sphere
+    mixing: torch.Tensor | None = None  # an autoencoder's `down` (B, F), checked against features()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The module's function from the weights read, in plain torch (the check's reference)."""
@@ -130,6 +139,8 @@ def _recognise(module) -> ModuleWeights:
         return _read_package_bilinear(module)
     if _defined_in(module, "transformer_lens", "GatedMLP"):
         return _read_transformer_lens(module)
+    if hasattr(module, "left") and hasattr(module, "right"):
+        return _read_autoencoder(module)
     children = dict(module.named_children())
     if {"gate_proj", "up_proj", "down_proj"} <= children.keys():
         return _read_gate_up_down(module)
@@ -210,6 +221,33 @@ def _read_package_bilinear(module) -> ModuleWeights:
                     None if out is None else _bias(out), (None, "the identity"), "bilinear_kernels.nn.Bilinear")
 
 
+def _read_autoencoder(module) -> ModuleWeights:
+    left, right = module.left, module.right
+    if isinstance(left, nn.Linear) and isinstance(right, nn.Linear):
+        w, v, wb, vb = left.weight, right.weight, _bias(left), _bias(right)
+    elif isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor):
+        w, v, wb, vb = left, right, None, None
+    else:
+        raise TypeError(f"{type(module).__name__}: an autoencoder's left and right must both be (F, d) parameters or "
+                        f"both nn.Linear, got {type(left).__name__} and {type(right).__name__}")
+    if w.ndim != 2 or w.shape != v.shape:
+        raise ValueError(f"{type(module).__name__}: left and right must have one shape (F, d), got "
+                         f"{tuple(w.shape)} and {tuple(v.shape)}")
+    down = getattr(module, "down", None)
+    if isinstance(down, nn.Linear):
+        down = down.weight
+    if down is not None:
+        if not isinstance(down, torch.Tensor) or down.ndim != 2 or down.shape[1] != w.shape[0]:
+            shape = tuple(down.shape) if isinstance(down, torch.Tensor) else type(down).__name__
+            raise ValueError(f"{type(module).__name__}: down must mix the {w.shape[0]} latents, (B, {w.shape[0]}), "
+                             f"got {shape}")
+        down = down.detach()
+    weights = _weights(w, v, None, wb, vb, None, (None, "the identity"),
+                       f"{type(module).__name__} (bilinear autoencoder left/right)")
+    weights.unit_inputs, weights.mixing = True, down
+    return weights
+
+
 def _read_linear_tuple(parts) -> ModuleWeights:
     if len(parts) not in (2, 3) or not all(isinstance(m, nn.Linear) for m in parts):
         kinds = [type(m).__name__ for m in parts]
@@ -288,6 +326,8 @@ def _check_against_forward(module, weights: ModuleWeights) -> None:
     w = weights.w
     generator = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(2, CHECK_ROWS // 2, w.shape[1], generator=generator, dtype=torch.float64)
+    if weights.unit_inputs:
+        x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     x = x.to(device=w.device, dtype=w.dtype)
     modes = [m.training for m in modules]
     try:
@@ -300,6 +340,14 @@ def _check_against_forward(module, weights: ModuleWeights) -> None:
                 hidden = modules[0](x) * modules[1](x)
                 expected = modules[2](hidden) if len(modules) == 3 else hidden
             got = weights.forward(x)
+            features = getattr(module, "features", None) if weights.mixing is not None else None
+            if callable(features):
+                # the mixed variant: features() gives the latents or their mixes down · latents
+                mixed = features(x)
+                if isinstance(mixed, torch.Tensor) and mixed.shape[-1] == weights.mixing.shape[0] != got.shape[-1]:
+                    expected, got = torch.cat([expected, mixed], -1), torch.cat([got, got @ weights.mixing.T], -1)
+                else:
+                    expected, got = torch.cat([expected, mixed], -1), torch.cat([got, got], -1)
     except Exception as error:  # noqa: BLE001 - a forward we cannot run is a module we cannot check
         raise TypeError(f"could not run {weights.source} on inputs of shape {tuple(x.shape)} to check the "
                         f"weights read from it ({type(error).__name__}: {error}); supported: {SUPPORTED}") from error

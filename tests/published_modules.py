@@ -1,8 +1,10 @@
 """Tiny modules mirroring the published bilinear models' layouts (PUBLISHED_LAYOUTS.md), written
 from that description: a packed nn.Linear(d, 2h) block, an MLP with packed `w` and a down
-projection `p` (or `o`), and an image model of embed → blocks → head."""
+projection `p` (or `o`), an image model of embed → blocks → head, and the bilinear
+autoencoders' left/right(/down) layout (tdooms/bae)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 D = 6
@@ -46,3 +48,33 @@ class ImageModel(nn.Module):
         for block in self.blocks:
             x = x + block(x) if self.residual else block(x)
         return self.head(x)
+
+
+class BilinearAutoencoder(nn.Module):
+    """The bilinear autoencoders' layout (tdooms/bae): latents (left x̂) ⊙ (right x̂) of the
+    normalised input x̂ = x/‖x‖, with `left`, `right` (F, d) parameters, or nn.Linear(d, F) with
+    biases (`linear=True`), and in the mixed variant a mixing `down` (B, F) of the latents."""
+
+    def __init__(self, d, n_latents, bottleneck=None, linear=False):
+        super().__init__()
+        if linear:
+            self.left, self.right = nn.Linear(d, n_latents), nn.Linear(d, n_latents)
+        else:
+            self.left = nn.Parameter(torch.randn(n_latents, d) / d ** 0.5)
+            self.right = nn.Parameter(torch.randn(n_latents, d) / d ** 0.5)
+        if bottleneck is not None:
+            self.down = nn.Parameter(torch.randn(bottleneck, n_latents) / n_latents ** 0.5)
+
+    def _project(self, side, x):
+        return side(x) if isinstance(side, nn.Linear) else nn.functional.linear(x, side)
+
+    def forward(self, x):
+        x = x / x.norm(dim=-1, keepdim=True)
+        return self._project(self.left, x) * self._project(self.right, x)
+
+
+class MixedAutoencoder(BilinearAutoencoder):
+    """The mixed variant with a `features()` giving the mixes down · latents."""
+
+    def features(self, x):
+        return nn.functional.linear(self(x), self.down)

@@ -37,7 +37,7 @@ def check(res, weights, u, which, dtype=torch.float64, method=None, tol=None, **
     """Compare a result with the oracle of directions u (b, o); iterative results are held to their
     residual tolerance, direct ones to the dtype's."""
     ran = res.method
-    assert ran in ("eigh", "lanczos", "lowrank")
+    assert ran in ("eigh", "lanczos", "lowrank", "support")
     if method is not None and method != "auto":
         assert ran == method
     residual_tol = (tol or LANCZOS_DEFAULT_TOL[dtype]) if ran == "lanczos" else None
@@ -369,8 +369,9 @@ def test_a_zero_direction_of_tiny_weights_is_still_zero():
 
 
 # -- method="auto" -----------------------------------------------------------------------------------
-# The rule in decompose.py: "lowrank" when 2h < d; else "lanczos" when k is given, d ≥ 512 and
-# k ≤ d/32; else "eigh" (d is the form's dimension, d + 1 with biases).
+# The shape rule in decompose.py: "lowrank" when 2h < d; else "lanczos" when k is given, d ≥ 512
+# and k ≤ d/32; else "eigh" (d is the form's dimension, d + 1 with biases). It applies when some
+# direction has a dense c = Pᵀu; sparse ones go to "support" (tests/test_solvers_support.py).
 @pytest.mark.parametrize("d, h, k, expected", [
     (40, 8, None, "lowrank"),
     (40, 8, 3, "lowrank"),
@@ -396,10 +397,11 @@ def test_auto_rule(d, h, k, expected):
 ])
 def test_auto_picks_by_the_form_dimension(d, h, bias, k, expected):
     weights = random_weights(d, h, None, bias=bias, seed=25)
-    res = bk.decompose(make_layer(weights, dtype=torch.float32), 0, k=k)
+    dense = np.ones((1, h))  # every feature: s = h, so the shape rule decides
+    res = bk.decompose(make_layer(weights, dtype=torch.float32), torch.from_numpy(dense).float(), k=k)
     assert res.method == expected
     if d < 100:
-        check(res, weights, one_hot(h, [0]), "LM", dtype=torch.float32)
+        check(res, weights, dense, "LM", dtype=torch.float32)
 
 
 # -- convergence warning -----------------------------------------------------------------------------
