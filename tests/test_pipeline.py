@@ -151,14 +151,14 @@ def test_cli_holds_no_domain_logic_and_demo_does_not_import_it():
                 assert not any("cli" in a.name.split(".") for a in node.names), path.name
 
 
-def test_readme_pipeline_example_runs(tmp_path, monkeypatch, capsys):
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### From Python: the pipeline"):]
+def test_the_documented_pipeline_example_runs(tmp_path, monkeypatch, capsys):
+    text = (ROOT / "docs" / "guides" / "sweeps.md").read_text()
+    section = text[text.index("## From Python: the pipeline"):]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     write_bilinear_lm(tmp_path / "model")
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/guides/sweeps.md", "exec"), namespace)
     assert "[4, 0, 7]" in capsys.readouterr().out
     assert namespace["report"].n_directions == 11 and len(namespace["stored"]) == 11
     assert DecompositionResult.load(tmp_path / "features.safetensors").metadata["direction_ids"] == [12, 40, 7]
