@@ -99,7 +99,8 @@ def gaussian_moments(layer_a: BilinearLayer, dirs_a, layer_b: BilinearLayer | No
     layer_b defaults to layer_a and dirs_b to dirs_a; directions as in `decompose`; the layers
     must share the input width d. Biases are included. mean: (d,), default 0; cov: (d, d)
     symmetric positive semi-definite (singular allowed), default the identity. Temporaries stay
-    under `max_memory`. Differentiable in the weights, float directions, mean and cov. Results in
+    under `max_memory`. Differentiable in the weights, float directions, mean and cov (through its
+    symmetric part, so its gradient is symmetric). Results in
     layer_a's framework and the working precision (float64 if either layer is, else float32;
     `dtype=` overrides it).
     """
