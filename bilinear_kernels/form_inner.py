@@ -23,9 +23,9 @@ from torch.utils.checkpoint import checkpoint
 from ._arrays import to_framework, working_dtype
 from .directions import Directions, parse_directions
 from .hidden_gram import BLOCK_NUMBERS_PER_ROW, cross_gram_block, gram_rows_per_block
-from .interaction import _check_layer
 from .layer import BilinearLayer
 from .memory import budget_after_result, memory_budget
+from .threads import cpu_threads
 
 # a symmetric M is built in at least this many row blocks: the upper triangle of n blocks costs
 # (n + 1) / (2n) of the whole (0.56 at 8)
@@ -65,9 +65,8 @@ def form_pair(layer_a, dirs_a, layer_b=None, dirs_b=None, dtype=None) -> FormPai
     layers on one device and of one input width; each direction valid for its layer. The working
     precision is float64 when either layer is float64 (or `dtype` says so), else float32."""
     for name, layer in (("layer_a", layer_a), ("layer_b", layer_b)):
-        if layer is not None and not isinstance(layer, BilinearLayer):
+        if (layer is not None or name == "layer_a") and not isinstance(layer, BilinearLayer):
             raise TypeError(f"{name} must be a BilinearLayer, got {type(layer).__name__}")
-    _check_layer(layer_a)
     same_layer = layer_b is None or layer_b is layer_a
     layer_b = layer_a if layer_b is None else layer_b
     if layer_b.d_in != layer_a.d_in:
@@ -137,11 +136,15 @@ def coefficient_gram(c_a, w_a, v_a, c_b, w_b, v_b, budget: int, what: str, *, sy
     part = _upper_part if symmetric else _rows_part
     grad = _needs_grad(c_a, w_a, v_a, c_b, w_b, v_b)
     total = None
-    for start in range(0, h_a, step):
-        stop = min(start + step, h_a)
-        args = (c_a, w_a, v_a, c_b, w_b, v_b, start, stop, diagonal)
-        piece = checkpoint(part, *args, use_reentrant=False) if grad else part(*args)
-        total = piece if total is None else total + piece
+    # a block is a dozen small operations, each ending at a thread barrier: on a busy CPU they take
+    # the engine's one-thread rule (threads.py) with n the block's rows (on the loaded 2-core
+    # machine two threads made the call several times slower and its time erratic)
+    with cpu_threads(step, w_a.device):
+        for start in range(0, h_a, step):
+            stop = min(start + step, h_a)
+            args = (c_a, w_a, v_a, c_b, w_b, v_b, start, stop, diagonal)
+            piece = checkpoint(part, *args, use_reentrant=False) if grad else part(*args)
+            total = piece if total is None else total + piece
     return total
 
 
@@ -224,7 +227,8 @@ def interaction_similarity(layer_a: BilinearLayer, dirs_a, layer_b: BilinearLaye
         inner = coefficient_gram(c_a, w_a, v_a, c_b, w_b, v_b, budget, what)
         squared_a = coefficient_gram(c_a, w_a, v_a, c_a, w_a, v_a, budget, what, symmetric=True, diagonal=True)
         squared_b = coefficient_gram(c_b, w_b, v_b, c_b, w_b, v_b, budget, what, symmetric=True, diagonal=True)
-    _check_finite_result(inner, "the inner products")
+    for t in (inner, squared_a, squared_b):
+        _check_finite_result(t, "the inner products")
     norm_a = _norms_or_nan(squared_a, c_a, w_a, v_a)
     norm_b = _norms_or_nan(squared_b, c_b, w_b, v_b)
     cosines = (inner / (norm_a[:, None] * norm_b[None, :])).clamp(-1, 1)

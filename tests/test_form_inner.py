@@ -167,5 +167,19 @@ def test_bad_input_gets_one_line_errors_naming_the_argument():
         bk.interaction_inner(la, 0, "layer")
     with pytest.raises(TypeError, match=r"^layer_a must be a BilinearLayer"):
         bk.interaction_similarity(np.ones((3, 4)), 0)
+    with pytest.raises(TypeError, match=r"^layer_a must be a BilinearLayer, got NoneType"):
+        bk.interaction_inner(None, 0)
     with pytest.raises(MemoryError, match="interaction_inner"):
         bk.interaction_inner(make_layer(random_weights(3, 64, 2)), [0, 1], max_memory=100)
+
+
+def test_overflow_in_float32_is_refused_not_returned():
+    weights = random_weights(4, 6, 3, seed=12)
+    big = {n: None if a is None else a * 1e12 for n, a in weights.items()}
+    layer = make_layer(big, dtype=torch.float32)
+    for fn in (bk.interaction_inner, bk.interaction_similarity):
+        with pytest.raises(ValueError, match=r"overflow float32: pass dtype=torch.float64$"):
+            fn(layer, [0, 1])
+    ref, norms, _ = oracle_inner(big, one_hot(3, [0, 1]), big, one_hot(3, [0, 1]))
+    got = bk.interaction_inner(layer, [0, 1], dtype=torch.float64).numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * norms.max() ** 2)  # the weights rounded to float32
