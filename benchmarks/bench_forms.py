@@ -18,10 +18,14 @@ Question: what does the exact structure of many small forms save over forming ea
                Every row reports the largest difference of the top-3 eigenvalues from the
                published route on the sample, relative to the largest |λ|.
 
-Further cases (comparing forms) register in CASES. Rows run interleaved (ours, published, eigh,
+  comparison   interaction_similarity and gaussian_moments against forming every Q and against
+               Monte Carlo: benchmarks/forms_comparison.py, run from here with its own results file.
+
+Rows run interleaved (ours, published, eigh,
 ours, ...) for `--repeats` rounds after a warm-up; a row reports median seconds.
 
     python -m benchmarks.bench_forms --only autoencoder     # the full shapes (a few minutes on a CPU)
+    python -m benchmarks.bench_forms --only comparison      # the comparing-forms rows (forms_comparison)
     python -m benchmarks.bench_forms --quick                # tiny shapes, a smoke test
 """
 from __future__ import annotations
@@ -39,7 +43,7 @@ import torch
 
 import bilinear_kernels as bk
 
-from . import report
+from . import forms_comparison, report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = dict(d=1024, features=16384, latents=2048, sample=8)
@@ -50,7 +54,7 @@ TOP_K = 3
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_forms", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", action="append", choices=sorted(CASES),
+    ap.add_argument("--only", action="append", choices=sorted([*CASES, COMPARISON]),
                     help="run only this case (repeatable; default: every case)")
     ap.add_argument("--latents", type=int, default=None, help=f"forms per workload (default {FULL['latents']})")
     ap.add_argument("--sample", type=int, default=None,
@@ -73,7 +77,7 @@ def parse_args(argv):
         ap.error(f"--sample must be at most --latents ({args.latents}), got {args.sample}")
     if args.latents > args.features:
         ap.error(f"--latents must be at most the {args.features} latents of the autoencoder, got {args.latents}")
-    args.only = args.only or sorted(CASES)
+    args.only = args.only or sorted([*CASES, COMPARISON])
     return args
 
 
@@ -181,12 +185,21 @@ def _interleaved(runs: dict, repeats: int) -> dict:
 
 
 CASES = {"autoencoder": autoencoder_case}
+# comparing forms has its own shapes, rows and results file: bench_forms hands it over whole
+COMPARISON = "comparison"
 
 
 # -- the run and its record -----------------------------------------------------------------------
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if COMPARISON in args.only:
+        forms_comparison.main((["--quick"] if args.quick else []) + (["--note", args.note] if args.note else [])
+                              + ["--out", str(args.out)])
+    own = [name for name in args.only if name in CASES]
+    if not own:
+        return {}
+    args.only = own
     env = report.environment("cpu")
     cases = {name: CASES[name](args) for name in args.only}
     results = {

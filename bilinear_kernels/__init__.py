@@ -2,7 +2,9 @@
 from .backends import backends
 from .decompose import decompose
 from .entries import interaction_diagonal, interaction_entries
+from .form_inner import interaction_inner, interaction_similarity
 from .functional import bilinear
+from .gaussian_moments import gaussian_moments
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
 from .network import BilinearNetwork
@@ -29,4 +31,5 @@ __all__ = [
     "top_activations", "truncation_curve",
     "sae_decoder_basis", "sae_encoder_directions", "unembedding_directions", "overlap_mix_direction",
     "interaction_diagonal", "interaction_entries", "interaction_norms", "output_svd", "top_interactions",
+    "interaction_inner", "interaction_similarity", "gaussian_moments",
 ]

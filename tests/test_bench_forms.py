@@ -34,3 +34,11 @@ def test_bad_arguments_are_refused_in_one_line_naming_them(capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("python -m benchmarks.bench_forms: error:") and name in err
+
+
+def test_the_comparison_case_runs_forms_comparison_with_its_own_results_file(tmp_path):
+    assert bench_forms.main(["--quick", "--only", "comparison", "--out", str(tmp_path)]) == {}
+    (js,) = tmp_path.glob("forms-comparison-cpu-*-quick.json")
+    rows = json.loads(js.read_text())["rows"]
+    assert {row["name"] for row in rows} >= {"similarity, classes", "gaussian moments, two models"}
+    assert not list(tmp_path.glob("forms-cpu-*"))
