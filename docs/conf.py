@@ -76,12 +76,21 @@ def _package_classes(annotation, out: set) -> None:
         _package_classes(arg, out)
 
 
+def _type_hints(obj) -> dict:
+    # a hint that cannot be evaluated (a name imported only for type checkers) is skipped here;
+    # if it names a class of the package, the strict build then reports it as unresolved
+    try:
+        return typing.get_type_hints(obj)
+    except (NameError, TypeError, AttributeError):
+        return {}
+
+
 def _annotated_classes(obj) -> set:
     """The package's classes named in the annotations of `obj` (a function, or a class: its fields
     and the signatures of its methods)."""
     functions, found = [], set()
     if inspect.isclass(obj):
-        for annotation in typing.get_type_hints(obj).values():
+        for annotation in _type_hints(obj).values():
             _package_classes(annotation, found)
         for member in vars(obj).values():
             member = getattr(member, "__func__", getattr(member, "fget", member))
@@ -90,7 +99,7 @@ def _annotated_classes(obj) -> set:
     elif inspect.isfunction(obj):
         functions.append(obj)
     for function in functions:
-        for annotation in typing.get_type_hints(function).values():
+        for annotation in _type_hints(function).values():
             _package_classes(annotation, found)
     return found
 
