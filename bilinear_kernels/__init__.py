@@ -5,6 +5,7 @@ from .entries import interaction_diagonal, interaction_entries
 from .functional import bilinear
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
+from .network import BilinearNetwork
 from .collect import collect_inputs
 from .data_analysis import top_activations, truncation_curve
 from .model_directions import sae_decoder_basis, sae_encoder_directions, unembedding_directions
@@ -18,7 +19,7 @@ from .top_interactions import top_interactions
 __version__ = "0.1.0"
 
 __all__ = [
-    "BilinearLayer", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
+    "BilinearLayer", "BilinearNetwork", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
     "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
     "collect_inputs",
     "top_activations", "truncation_curve",
