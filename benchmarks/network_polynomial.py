@@ -10,7 +10,7 @@ r̃' = P̃ ((W̃ r̃) ⊙ (Ṽ r̃)), with hidden units
   d residual units (e_0, e_j)    into row j (r̃'[j] += r[j]·1), for a residual stack only
 
 so the output along directions u is one contraction of the head-folded readout [c·u; Hᵀu], every
-lifted layer of the 2^L − 1 nodes of the binary tree, and 2^L copies of blockdiag(1, E) — the
+lifted layer of the 2^L − 1 nodes of the binary tree, and 2^L copies of [[1, 0], [e, E]] — the
 coefficients C[b, a_1, ..., a_{2^L}] with uᵀy = Σ C[b, a...] z̃_{a_1} ⋯ z̃_{a_{2^L}} (not
 symmetrized: symmetrizing costs more and changes no value of the polynomial). A network without
 biases, residual or head bias is homogeneous in z itself and is contracted without the constant.
@@ -52,12 +52,14 @@ class PolynomialPlan:
 
 def needs_constant(net) -> bool:
     """Whether the polynomial has terms below degree 2^L (biases, residual, a head bias)."""
-    return bool(net.residual or net.head_bias is not None or any(layer.has_bias for layer in net.layers))
+    return bool(net.residual or net.head_bias is not None or net.has_bias)
 
 
-def lifted_layer(layer, d: int, residual: bool, lifted: bool, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(P̃ (d', m), W̃ (m, d'), Ṽ (m, d')) of one layer on the lifted stream (module docstring);
-    without `lifted`, the layer's own (P, W, V) (no biases, no residual)."""
+def lifted_layer(layer, d: int, residual: bool, lifted: bool, dtype,
+                 output_bias=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P̃ (d', m), W̃ (m, d'), Ṽ (m, d')) of one layer on the lifted stream (module docstring; an
+    output bias p enters through the constant unit's column [1; p]); without `lifted`, the layer's
+    own (P, W, V) (no biases, no residual)."""
     w, v = layer.w.to(dtype), layer.v.to(dtype)
     h = w.shape[0]
     p = torch.eye(h, dtype=dtype) if layer.p is None else layer.p.to(dtype)
@@ -70,7 +72,10 @@ def lifted_layer(layer, d: int, residual: bool, lifted: bool, dtype) -> tuple[to
     e0[0, 0] = 1.0
     w_rows = [torch.cat([wb, w], 1), e0]
     v_rows = [torch.cat([vb, v], 1), e0]
-    p_cols = [torch.cat([torch.zeros(1, h, dtype=dtype), p], 0), e0.T]
+    constant = e0.T.clone()
+    if output_bias is not None:
+        constant[1:, 0] = output_bias.to(dtype)
+    p_cols = [torch.cat([torch.zeros(1, h, dtype=dtype), p], 0), constant]
     if residual:
         w_rows.append(e0.expand(d, d + 1))
         v_rows.append(torch.cat([torch.zeros(d, 1, dtype=dtype), torch.eye(d, dtype=dtype)], 1))
@@ -90,13 +95,16 @@ def readout(net, directions: torch.Tensor, lifted: bool, dtype) -> torch.Tensor:
 
 
 def input_map(net, lifted: bool, dtype) -> torch.Tensor:
-    """(d', n') map from the (lifted) input to the (lifted) first stream: blockdiag(1, E)."""
+    """(d', n') map from the (lifted) input to the (lifted) first stream: [[1, 0], [e, E]] (e the
+    embedding's shift, if any)."""
     e = torch.eye(net.d_in, dtype=dtype) if net.embedding is None else net.embedding.to(dtype)
     if not lifted:
         return e
     out = torch.zeros(e.shape[0] + 1, e.shape[1] + 1, dtype=dtype)
     out[0, 0] = 1.0
     out[1:, 1:] = e
+    if getattr(net, "embedding_bias", None) is not None:
+        out[1:, 0] = net.embedding_bias.to(dtype)
     return out
 
 
@@ -106,7 +114,8 @@ def plan(net, directions: torch.Tensor, dtype=torch.float64) -> PolynomialPlan:
 
     lifted = needs_constant(net)
     d = net.d_stream
-    layers = [lifted_layer(layer, d, net.residual, lifted, dtype) for layer in net.layers]
+    layers = [lifted_layer(layer, d, net.residual, lifted, dtype, bias)
+              for layer, bias in zip(net.layers, net.output_biases)]
     emb = input_map(net, lifted, dtype)
     counter = iter(range(10**6))
     symbol = lambda: get_symbol(next(counter))  # noqa: E731
