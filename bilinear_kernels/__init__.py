@@ -6,6 +6,7 @@ from .functional import bilinear
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
 from .network import BilinearNetwork
+from .network_decomposition import NetworkDecomposition, decompose_network
 from .collect import collect_inputs
 from .data_analysis import top_activations, truncation_curve
 from .model_directions import sae_decoder_basis, sae_encoder_directions, unembedding_directions
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BilinearLayer", "BilinearNetwork", "ConvergenceWarning", "DecompositionResult", "backends", "bilinear",
     "decompose", "interaction_matrices", "interaction_tensor", "open_results", "__version__",
-    "collect_inputs",
+    "collect_inputs", "NetworkDecomposition", "decompose_network",
     "top_activations", "truncation_curve",
     "sae_decoder_basis", "sae_encoder_directions", "unembedding_directions",
     "interaction_diagonal", "interaction_entries", "interaction_norms", "output_svd", "top_interactions",

@@ -168,7 +168,7 @@ class BilinearNetwork:
     # -- forward --------------------------------------------------------------------------
     def stream(self, z) -> list[torch.Tensor]:
         """The residual stream r_0 … r_L for inputs z (..., d_in), in the network's dtype."""
-        z = _inputs(z, self.d_in, self.dtype, self.device)
+        z = network_inputs(z, self.d_in, self.dtype, self.device)
         r = z if self.embedding is None else z @ self.embedding.T
         if self.embedding_bias is not None:
             r = r + self.embedding_bias
@@ -321,7 +321,7 @@ def _check_against_forward(module, net: "BilinearNetwork") -> None:
                         f"{rtol:.0e}), so it is not the stack of bilinear layers its names suggest; refusing it")
 
 
-def _inputs(z, d_in: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def network_inputs(z, d_in: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """z as a torch tensor (..., d_in) in `dtype` on `device` (integer pixels allowed)."""
     if not isinstance(z, torch.Tensor):
         import numpy as np

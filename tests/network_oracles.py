@@ -87,9 +87,11 @@ def lifted_forms(layer, a_prev, c_prev, residual):
     return forms
 
 
-def levels(weights, tol=1e-10):
+def levels(weights, tol=1e-10, rank=None):
     """Per orthogonalized level l = 1..L-1: (singular values, U, V, A_l, c_l), and the top forms
-    T_L (d+1, n, n) on g_{L-1}, with level 0 = [1; z]. Features: g_l = V_lᵀ vec(g_{l-1} g_{l-1}ᵀ)."""
+    T_L (d+1, n, n) on g_{L-1}, with level 0 = [1; z]. Features: g_l = V_lᵀ vec(g_{l-1} g_{l-1}ᵀ).
+    `rank` (an int) keeps the top `rank` singular triplets per level; the singular values listed
+    are all those above tol either way."""
     d = len(weights["layers"][0]["w"][0])
     emb = weights["embedding"]
     d_in = d if emb is None else emb.shape[1]
@@ -104,8 +106,10 @@ def levels(weights, tol=1e-10):
         m = forms.reshape(d + 1, -1)
         u, s, vt = np.linalg.svd(m, full_matrices=False)
         keep = s > tol * s[0]
-        u, s, vt = u[:, keep], s[keep], vt[keep]
-        a = u * s
+        s = s[keep]
+        r = len(s) if rank is None else min(rank, len(s))
+        u, vt = u[:, :r], vt[:r]
+        a = u * s[:r]
         c = a[0]
         out.append((s, u, vt, a, c))
     top = lifted_forms(weights["layers"][-1], a, c, weights["residual"])
@@ -131,3 +135,17 @@ def oracle_features(weights, level_list, z):
         g = outer @ vt.T
         feats.append(g)
     return feats
+
+
+def top_activations(weights, level_list, top, z, directions):
+    """(eigenvalues (b, n), activations (n_samples, b, n)) of the top forms at these head-output
+    directions (rows of a (b, o) array), every eigenvalue, sorted by |λ| descending."""
+    g = oracle_features(weights, level_list, z)[-1]
+    values, acts = [], []
+    for u in directions:
+        lam, vec = np.linalg.eigh(top_form(weights, top, u))
+        order = np.argsort(-np.abs(lam), kind="stable")
+        lam, vec = lam[order], vec[:, order]
+        values.append(lam)
+        acts.append((g @ vec) ** 2 * lam)
+    return np.array(values), np.stack(acts, axis=1)
