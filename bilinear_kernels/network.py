@@ -252,8 +252,8 @@ def _from_image_model(model, residual, check) -> "BilinearNetwork":
     if found is not None and residual is not None and bool(found) != bool(residual):
         raise ValueError(f"residual={residual!r} contradicts the model's own residual={bool(found)}")
     residual = bool(found if found is not None else residual)
-    for name in ("embed", "head"):
-        if type(getattr(model, name)) is not nn.Linear:
+    for name in ("embed", "head"):  # the published classes subclass nn.Linear (an identity gate, train-time noise)
+        if not isinstance(getattr(model, name), nn.Linear):
             raise TypeError(f"module.{name} must be an nn.Linear, got {type(getattr(model, name)).__name__}")
     layers, out_biases = [], []
     for i, block in enumerate(model.blocks):
@@ -321,16 +321,17 @@ def _check_against_forward(module, net: "BilinearNetwork") -> None:
                         f"{rtol:.0e}), so it is not the stack of bilinear layers its names suggest; refusing it")
 
 
-def network_inputs(z, d_in: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """z as a torch tensor (..., d_in) in `dtype` on `device` (integer pixels allowed)."""
+def network_inputs(z, d_in: int, dtype: torch.dtype, device: torch.device, name: str = "z") -> torch.Tensor:
+    """z as a torch tensor (..., d_in) in `dtype` on `device` (integer pixels allowed); errors name
+    the argument `name`."""
     if not isinstance(z, torch.Tensor):
         import numpy as np
 
         if isinstance(z, np.ndarray) and z.dtype.kind in "iu":
             z = z.astype(np.float64)
-        z = as_tensor(z, "z")
+        z = as_tensor(z, name)
     if z.is_complex() or z.dtype == torch.bool:
-        raise TypeError(f"z must hold real numbers, got dtype {z.dtype}")
+        raise TypeError(f"{name} must hold real numbers, got dtype {z.dtype}")
     if z.ndim == 0 or z.shape[-1] != d_in:
-        raise ValueError(f"z must end in d_in = {d_in} (the network's input width), got z {tuple(z.shape)}")
+        raise ValueError(f"{name} must end in d_in = {d_in} (the network's input width), got {name} {tuple(z.shape)}")
     return z.to(device=device, dtype=dtype)

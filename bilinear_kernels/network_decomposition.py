@@ -258,8 +258,8 @@ def decompose_network(net: BilinearNetwork, directions, k: int | None = None, wh
     info = {"n_layers": net.n_layers, "residual": net.residual, "biases": net.has_bias, "d_in": net.d_in,
             "d": d, "d_out": net.d_out, "embedding": net.embedding is not None, "head": net.head is not None}
     ids = dirs.indices.tolist() if dirs.indices is not None else list(range(len(dirs)))
-    metadata = {"dtype": str(work).replace("torch.", ""), "method": result.method, "k": result.k,
-                "top_residuals_max": float(torch.as_tensor(result.residuals).abs().max())}
+    # the top residuals are left unread: for a full spectrum they cost a GEMM per direction (decompose.py)
+    metadata = {"dtype": str(work).replace("torch.", ""), "method": result.method, "k": result.k}
     return NetworkDecomposition(torch.as_tensor(result.eigenvalues), torch.as_tensor(result.eigenvectors), levels, top,
                                 which, ids, info, metadata)
 

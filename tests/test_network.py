@@ -51,6 +51,57 @@ def test_from_module_reads_the_published_image_model(n_layer, residual):
     torch.testing.assert_close(net(z), expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
 
 
+class _Noise(nn.Module):
+    """Train-time noise, the identity in eval mode (as the published components)."""
+
+    def forward(self, x):
+        return x + torch.randn_like(x) if self.training else x
+
+
+class _GatedLinear(nn.Linear):
+    """nn.Linear with a `gate` and `noise`, as the published image model's embed and head."""
+
+    def __init__(self, d_in, d_out, gate=None):
+        super().__init__(d_in, d_out, bias=False)
+        self.noise, self.gate = _Noise(), gate if gate is not None else nn.Identity()
+
+    def forward(self, x):
+        return self.gate(super().forward(self.noise(x)))
+
+
+class _ConfiguredImageModel(nn.Module):
+    """The published image model's layout in full: config.residual, Linear subclasses for embed and
+    head, a loss module as a child, and a forward that flattens its input."""
+
+    def __init__(self, n_layer, residual, gate=None):
+        super().__init__()
+        self.config = type("Config", (), {"residual": residual, "n_layer": n_layer})()
+        self.embed = _GatedLinear(8, 6, gate)
+        self.blocks = nn.ModuleList([PackedBlock(6, 6) for _ in range(n_layer)])
+        self.head = _GatedLinear(6, 3)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def forward(self, x):
+        x = self.embed(x.flatten(start_dim=1))
+        for block in self.blocks:
+            x = x + block(x) if self.config.residual else block(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_from_module_reads_the_published_layout_in_full(residual):
+    torch.manual_seed(5)
+    model = _ConfiguredImageModel(3, residual).double().train()
+    net = bk.BilinearNetwork.from_module(model)
+    assert net.residual is residual and model.training  # the check ran in eval mode and restored the mode
+    z = torch.randn(4, 2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.eval()(z)
+    torch.testing.assert_close(net(z.flatten(1)), expected, rtol=1e-12, atol=1e-12 * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="^module: found ReLU at embed.gate"):
+        bk.BilinearNetwork.from_module(_ConfiguredImageModel(1, residual, gate=nn.ReLU()))
+
+
 def test_from_module_reads_config_residual_and_refuses_a_contradiction():
     model = ImageModel(n_layer=2, residual=False).double()
     del model.residual
