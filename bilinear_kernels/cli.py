@@ -155,6 +155,13 @@ def cmd_demo(args) -> int:
     if trunc["smallest_k_within_1pt"] is not None:
         print(f"keeping the top {trunc['smallest_k_within_1pt']} eigenvectors per digit comes within 1 point "
               "of the full model")
+    depth, wd = report["depth"], report["weight_decay"]
+    few = ", ".join(f"top {k['rank']}: {100 * k['accuracy']:.1f}%" for k in depth["few_features"]["kept"])
+    print(f"{depth['model']['layers']}-layer residual model: test accuracy {100 * depth['accuracy']['test']:.2f}%, "
+          f"decomposed through depth (relative error {depth['decomposition']['relative_reconstruction_error']:.1e}); "
+          f"features kept per level, {few}")
+    print(f"effective rank per digit (90% of Σλ²), 1-layer model: mean {wd['with']['mean']:.1f} with weight decay "
+          f"{wd['with']['weight_decay']}, {wd['without']['mean']:.1f} without")
     print(f"wrote to {out}:")
     for name, what in report["files"].items():
         print(f"  {name:<17} {what}")
