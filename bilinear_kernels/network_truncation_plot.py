@@ -24,13 +24,15 @@ def _pyplot():
 def plot_network_truncation(curve, path=None, *, full_accuracy: float | None = None, title: str | None = None,
                             ax=None):
     """Draw accuracy (left axis, when the points have it) and relative error (right axis, log scale)
-    against the rank kept per level; `full_accuracy` draws the untruncated network's accuracy as a
-    dashed line. Writes `path` (a .png, .pdf or .svg) when given and returns it; with `ax`, draws
+    against the rank kept per level; `full_accuracy` (default: the points' "network_accuracy") draws
+    the untruncated network's accuracy as a dashed line. Writes `path` (a .png, .pdf or .svg) when given and returns it; with `ax`, draws
     there and returns the axes."""
     points = _checked(curve)
     ranks = [p["rank"] for p in points]
     errors = [p["relative_error"] for p in points]
     has_accuracy = all(p.get("accuracy") is not None for p in points)
+    if full_accuracy is None and points[0].get("network_accuracy") is not None:
+        full_accuracy = points[0]["network_accuracy"]  # what network_truncation_curve records with labels
     plt = _pyplot()
     own_figure = ax is None
     if own_figure:

@@ -23,6 +23,10 @@ def test_plot_draws_accuracy_and_error_against_rank(tmp_path):
     assert list(error_ax.get_lines()[0].get_ydata()) == [0.9, 0.3, 1e-14]
     assert error_ax.get_yscale() == "log" and ax.get_xscale() == "log"
     plt.close(fig)
+    fig, ax = plt.subplots()
+    plot_network_truncation([{**p, "network_accuracy": 0.96} for p in CURVE], ax=ax)
+    assert list(ax.get_lines()[1].get_ydata()) == pytest.approx([96, 96])  # the full network's line
+    plt.close(fig)
     path = plot_network_truncation(CURVE, tmp_path / "t.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
