@@ -18,6 +18,7 @@ equal the network's output, and for one layer the peer's top eigenvalues must eq
 
     python -m benchmarks.bench_network                 # writes benchmarks/results/network-cpu-<date>.{json,md}
     python -m benchmarks.bench_network --d 64,256 --layers 1,2,3
+    python -m benchmarks.bench_network --threads 1     # -threads1 in the file name: one thread for both routes
     python -m benchmarks.bench_network --quick         # a smoke test
 """
 from __future__ import annotations
@@ -286,7 +287,8 @@ def main(argv=None) -> dict:
     report.finish_environment(results["environment"])
     results["exponents"] = exponents(results["points"])
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"network-cpu-{results['date']}" + ("-quick" if args.quick else "")
+    stem = (f"network-cpu-{results['date']}" + (f"-threads{args.threads}" if args.threads else "")
+            + ("-quick" if args.quick else ""))
     (args.out / f"{stem}.json").write_text(json.dumps(report.json_safe(results), indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(results))
     log(f"wrote {args.out / stem}.{{json,md}} in {results['seconds_total']} s")

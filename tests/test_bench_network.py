@@ -51,7 +51,7 @@ def test_bench_network_quick_checks_exactness_and_times_both_routes(tmp_path):
         results = bench_network.main(["--quick", "--threads", "1", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
-    (js,) = tmp_path.glob("network-cpu-*-quick.json")
+    (js,) = tmp_path.glob("network-cpu-*-threads1-quick.json")
     data = json.loads(js.read_text())
     assert [(p["layers"], p["d"]) for p in data["points"]] == [(1, 8), (2, 8), (1, 12), (2, 12)]
     for check in data["exactness_check"]:
