@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import network_polynomial as npoly
-from tests.network_oracles import forward, make_network, random_network_weights
+pytest.importorskip("opt_einsum")  # the peer's contraction (the bench extra installs it)
+
+from benchmarks import network_polynomial as npoly  # noqa: E402
+from tests.network_oracles import forward, make_network, random_network_weights  # noqa: E402
 
 CASES = [  # (L, residual, bias, hidden, d_in, o)
     (1, False, False, None, 5, 3), (1, True, True, 6, 5, 3), (1, False, True, None, None, None),
