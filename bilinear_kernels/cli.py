@@ -89,8 +89,8 @@ def cmd_decompose_network(args) -> int:
     print(f"  {args.checkpoint} ({meta['layout']}): d_in={info['d_in']} d={info['d']} d_out={info['d_out']}, "
           f"{'residual' if info['residual'] else 'sequential'}{', with biases' if meta['bias'] else ''}")
     print(f"  features kept per level: {kept} ({'exact' if res.ranks == full else 'truncated'})")
-    print(f"  k={res.k} which={res.which} dtype={meta['dtype']} device={meta['options']['device']}")
-    print(f"  time {meta['seconds']:.3g} s, max residual of the top eigenpairs {meta['top_residuals_max']:.2e}")
+    print(f"  k={res.k} which={res.which} method={meta['method']} dtype={meta['dtype']} device={meta['options']['device']}")
+    print(f"  time {meta['seconds']:.3g} s")
     print(f"  saved to {args.out} (read with bk.NetworkDecomposition.load)")
     return 0
 
