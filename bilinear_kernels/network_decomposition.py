@@ -222,7 +222,8 @@ class NetworkDecomposition:
 
 @torch.no_grad()  # results, not part of a training graph
 def decompose_network(net: BilinearNetwork, directions, k: int | None = None, which: str = "LM", rank=None,
-                      dtype=None, *, max_memory: int | None = None, progress: bool | None = None) -> NetworkDecomposition:
+                      dtype=None, *, max_memory: int | None = None, progress: bool | None = None,
+                      _first_level: Level | None = None) -> NetworkDecomposition:
     """Decompose a BilinearNetwork's output along `directions` exactly through depth.
 
     directions  as in `decompose`: output indices or float vectors in the head's output space
@@ -235,21 +236,25 @@ def decompose_network(net: BilinearNetwork, directions, k: int | None = None, wh
     dtype       working precision of the top eigenproblems and of features on data (default: the
                 network's, half upcast); the (d+1)-sized levels are built in float64 always
     max_memory  bytes per step (a lift's weights, its Gram, the top decomposition), as elsewhere
+
+    (`_first_level`: this network's `first_level`, which no truncation changes, for a sweep over
+    ranks to compute once; network_truncation_curve passes it.)
     """
     if not isinstance(net, BilinearNetwork):
         raise TypeError(f"net must be a BilinearNetwork, got {type(net).__name__}")
     work = working_dtype(net.dtype, dtype)
-    dirs = parse_directions(directions, net.d_out)  # checked before any work
+    try:  # checked before any work; the message names the argument, the network's output width being d_out
+        dirs = parse_directions(directions, net.d_out)
+    except ValueError as err:
+        raise ValueError(f"directions: {err}") from None
     rules = _rank_rules(rank, net.n_layers - 1)
-    f64 = torch.float64
     d = net.d_stream
     basis = _input_basis(net)
     levels = []
-    for layer, out_bias, rule in zip(net.layers[:-1], net.output_biases[:-1], rules):
-        lift = lift_layer(layer, out_bias, basis, net.residual, max_memory)
-        singular_values, u = output_svd(lift, dtype=f64, max_memory=max_memory)
-        numerical = _numerical_rank(singular_values, d + 1)
-        level = Level(lift, u[:, :numerical], singular_values[:numerical], _kept_rank(singular_values[:numerical], rule))
+    for i, (layer, out_bias, rule) in enumerate(zip(net.layers[:-1], net.output_biases[:-1], rules)):
+        full = _first_level if i == 0 and _first_level is not None else \
+            orthogonalized_level(layer, out_bias, basis, net.residual, max_memory)
+        level = Level(full.lift, full.u, full.singular_values, _kept_rank(full.singular_values, rule))
         levels.append(level)
         basis = level.basis
     top = lift_layer(net.layers[-1], net.output_biases[-1], basis, net.residual, max_memory)
@@ -262,6 +267,23 @@ def decompose_network(net: BilinearNetwork, directions, k: int | None = None, wh
     metadata = {"dtype": str(work).replace("torch.", ""), "method": result.method, "k": result.k}
     return NetworkDecomposition(torch.as_tensor(result.eigenvalues), torch.as_tensor(result.eigenvectors), levels, top,
                                 which, ids, info, metadata)
+
+
+def orthogonalized_level(layer: BilinearLayer, out_bias, basis: torch.Tensor, residual: bool,
+                         max_memory=None) -> Level:
+    """The level after `layer` on features with [r; 1] = basis g, at its full numerical rank."""
+    lift = lift_layer(layer, out_bias, basis, residual, max_memory)
+    singular_values, u = output_svd(lift, dtype=torch.float64, max_memory=max_memory)
+    numerical = _numerical_rank(singular_values, layer.d_in + 1)
+    return Level(lift, u[:, :numerical], singular_values[:numerical], numerical)
+
+
+def first_level(net: BilinearNetwork, max_memory=None) -> Level | None:
+    """Level 1 of `net` at its full numerical rank (None for a one-layer network): it depends on
+    no truncation, so a sweep over ranks computes it once."""
+    if net.n_layers == 1:
+        return None
+    return orthogonalized_level(net.layers[0], net.output_biases[0], _input_basis(net), net.residual, max_memory)
 
 
 def lift_layer(layer: BilinearLayer, out_bias, basis: torch.Tensor, residual: bool, max_memory=None) -> BilinearLayer:

@@ -14,7 +14,7 @@ import torch
 
 from .directions import parse_directions
 from .network import BilinearNetwork, network_inputs
-from .network_decomposition import decompose_network
+from .network_decomposition import decompose_network, first_level
 
 # rows of inputs evaluated at once: a level's lift output and features per row stay small
 CHUNK_ROWS = 1024
@@ -60,8 +60,9 @@ def network_truncation_curve(net: BilinearNetwork, inputs, *, labels=None, direc
 
     points = []
     reference = None
+    shared = first_level(net)  # no truncation changes level 1: its Gram work is done once
     for r in ranks:
-        result = decompose_network(net, directions, k=k, rank=r, dtype=dtype)
+        result = decompose_network(net, directions, k=k, rank=r, dtype=dtype, _first_level=shared)
         if reference is None:
             reference = _reference(net, directions, z)
         approx = torch.cat([result.outputs(z[i:i + CHUNK_ROWS]) for i in range(0, len(z), CHUNK_ROWS)]).to(torch.float64)
