@@ -1,4 +1,5 @@
-"""Load one bilinear layer, and the readout that gives its output directions, from a checkpoint.
+"""Load one bilinear layer, and the readout that gives its output directions, from a checkpoint
+(or a whole image model as a network).
 
 Weights are read from safetensors files (lazily: just the tensors asked for) or from torch.save
 files (.pt, .bin, .pth, .ckpt) through torch.load(weights_only=True) only, which refuses every
@@ -21,6 +22,9 @@ other non-regular files are refused before they are opened. Layouts understood:
                   `allow_gated=True` (then the activation is dropped and (gate x) ⊙ (up x) is used).
   plain           a file with w, v (h, d), optional p (o, h), w_bias, v_bias (h,).
 
+load_network reads a whole image model (any n_layer, residual or not, biases) as a BilinearNetwork,
+for decomposition through depth; it refuses every other layout.
+
 A sharded checkpoint (model.safetensors.index.json, pytorch_model.bin.index.json) is read shard by
 shard; a folder holding models in subfolders (<repo>/<model-name>/config.json, as on the hub)
 names its choices.
@@ -38,6 +42,7 @@ from pathlib import Path
 import torch
 
 from .layer import BilinearLayer
+from .network import BilinearNetwork
 
 SAFETENSORS_SUFFIX = ".safetensors"
 # torch.save files, read with torch.load(weights_only=True) only
@@ -692,6 +697,109 @@ def _load_bilinear_image(source, index, *, allow_gated, fold_embedding, fold_nor
                      "describe it only as a direct readout")
     return LoadedLayer(layer, "bilinear-image", i, n_layers, readout,
                        "head.weight" if readout is not None else None, notes=notes, config=cfg)
+
+
+@dataclass
+class LoadedNetwork:
+    """A whole published image model as a BilinearNetwork, and what was read to build it.
+
+    network   the BilinearNetwork (embedding, blocks, head, residual, biases)
+    layout    "bilinear-image"
+    files     the files read (config and weights), for hashing
+    notes     what was read and decided (layers, residual, biases), for the user
+    """
+
+    network: BilinearNetwork
+    layout: str
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """JSON-able summary for metadata."""
+        net = self.network
+        return {"layout": self.layout, "n_layers": net.n_layers, "d_in": net.d_in, "d_stream": net.d_stream,
+                "d_out": net.d_out, "residual": net.residual, "bias": net.has_bias or net.head_bias is not None,
+                "readout": "head.weight" if net.head is not None else None, "notes": list(self.notes)}
+
+
+# the tensors of the published image model; anything else (a norm, a gate) is not read silently
+_IMAGE_TENSOR = re.compile(r"^(embed\.(weight|bias)|head\.(weight|bias)|blocks\.\d+\.(weight|bias))$")
+
+
+def load_network(path, *, residual: bool | None = None, device=None, dtype=None) -> LoadedNetwork:
+    """The whole published image model at `path` (any n_layer; the config.json + model.safetensors of
+    both published codes, or a weights file) as a BilinearNetwork: x = embed.weight z, each block
+    (W x + a) ⊙ (V x + b) from its packed blocks.{i}.weight (and .bias), residual or not as
+    config.json says, then head.weight (and head.bias when there is one).
+
+    residual   needed when there is no config.json to say (the two readings are different functions);
+               when both are given they must agree
+    Other layouts (language models, Llama-style, plain layer files) are refused: their layers are
+    not a stack on one stream from pixels to classes (decompose them one layer at a time)."""
+    source = open_checkpoint(path)
+    layout = detect_layout(source)
+    if layout != "bilinear-image":
+        raise CheckpointError(
+            f"load_network reads the published image models (embed.weight, blocks.{{i}}.weight, head.weight); "
+            f"{source.name} is a {layout} checkpoint, whose layers are not one bilinear stack from input to output: "
+            "decompose its layers one at a time (layer=, --layer)")
+    if residual is not None and not isinstance(residual, bool):
+        raise TypeError(f"residual must be a bool or None, got {residual!r}")
+    cfg = source.config
+    notes = list(source.notes)
+    unknown = [n for n in source.names if not _IMAGE_TENSOR.match(n)]
+    if unknown:
+        shown = ", ".join(unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+        raise CheckpointError(f"{source.name} holds tensors the published image model does not have ({shown}); "
+                              "a network read without them would not be the model's function, so it is refused")
+    found = sorted({int(m.group(1)) for n in source.names if (m := _PATTERNS["bilinear-image"].match(n))})
+    n_layers = _cfg_int(cfg, "n_layer")
+    if n_layers is None:
+        n_layers = len(found)
+    if found != list(range(n_layers)):
+        raise CheckpointError(f"{source.name}: config.json gives n_layer {n_layers} but the file holds blocks "
+                              f"{found}; expected blocks.0 .. blocks.{n_layers - 1}")
+    residual = _image_residual(source, residual, notes)
+    d = _cfg_int(cfg, "d_hidden")
+    embed = source.get("embed.weight", (d, _cfg_int(cfg, "d_input")), " (the input embedding)")
+    d = embed.shape[0]
+    head = source.get("head.weight", (_cfg_int(cfg, "d_output"), d), " (the class readout)")
+    configured_bias = cfg.get("bias")
+    layers = []
+    for i in range(n_layers):
+        weight = source.get(f"blocks.{i}.weight", (2 * d, d), " (a packed [W; V] block on the stream)")
+        bias = source.optional(f"blocks.{i}.bias", (2 * d,))
+        if configured_bias is True and bias is None:
+            raise CheckpointError(f"{source.name}: config.json says \"bias\": true but blocks.{i}.bias is missing")
+        layers.append(BilinearLayer.from_packed(weight, None, bias))
+    head_bias = source.optional("head.bias", (head.shape[0],))
+    embed_bias = source.optional("embed.bias", (d,))
+    net = BilinearNetwork(layers, residual, embed, head, head_bias=head_bias, embedding_bias=embed_bias)
+    if dtype is not None or device is not None:
+        net = net.to(device=device, dtype=_float_dtype(dtype))
+    biased = [f"blocks.{i}.bias" for i, layer in enumerate(layers) if layer.has_bias]
+    biased += [name for name, t in (("embed.bias", embed_bias), ("head.bias", head_bias)) if t is not None]
+    notes.append(f"read a bilinear image model: {n_layers} block(s), {'residual' if residual else 'sequential'}, "
+                 f"input {net.d_in} -> stream {d} -> {net.d_out} outputs (head.weight), "
+                 f"{'biases ' + ', '.join(biased) if biased else 'no biases'}")
+    return LoadedNetwork(net, layout, source.files_read(), notes, cfg)
+
+
+def _image_residual(source, residual, notes) -> bool:
+    configured = source.config.get("residual")
+    if configured is not None and not isinstance(configured, bool):
+        raise CheckpointError(f"{source.name}: config.json gives residual {configured!r}; expected true or false")
+    if configured is None and residual is None:
+        raise CheckpointError(f"{source.name} has no config.json \"residual\" field, and a residual stack "
+                              "(x + block(x)) is a different function from a sequential one: pass residual=True or "
+                              "False (--residual / --no-residual)")
+    if configured is not None and residual is not None and configured != residual:
+        raise CheckpointError(f"residual={residual} contradicts {source.name}'s config.json (residual {configured})")
+    if configured is None:
+        notes.append(f"{source.name}: no \"residual\" in a config: read as {'residual' if residual else 'sequential'}, "
+                     "as asked")
+    return configured if configured is not None else residual
 
 
 def _load_llama(source, index, *, allow_gated, fold_embedding, fold_norms) -> LoadedLayer:

@@ -3,6 +3,7 @@ library (pipeline.py for `decompose`, demo/ for `demo`, backends for `info`) and
 
   bilinear-kernels demo [--out DIR] [--seed N] [--hidden D] [--epochs E] [--device DEV]
   bilinear-kernels decompose CHECKPOINT --directions SPEC --out FILE|DIR [--layer I] [--k K] ...
+  bilinear-kernels decompose CHECKPOINT --network --directions SPEC --out FILE.safetensors [--rank R] [--k K]
   bilinear-kernels info [--json]
 
 Errors in what the user gave (missing files, bad tensors, bad options, unwritable outputs) are
@@ -34,6 +35,11 @@ USER_ERRORS = (CheckpointError, ValueError, TypeError, MemoryError, OSError, Imp
 # -- commands -----------------------------------------------------------------------------------
 
 def cmd_decompose(args) -> int:
+    if args.network:
+        return cmd_decompose_network(args)
+    for name in ("rank", "residual"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name} applies to --network (a whole image model); one layer is decomposed exactly")
     plan = pipeline.plan_output(args.out)  # before the checkpoint is read
     target = pipeline.resolve_target(args.checkpoint, layer=args.layer, directions=args.directions,
                                      allow_gated=args.allow_gated, fold_embedding=args.fold_embedding,
@@ -58,6 +64,34 @@ def cmd_decompose(args) -> int:
           f"device={meta['options']['device']}")
     print(f"  time {meta['seconds']:.3g} s, max residual {residual:.2e}")
     print(f"  saved to {plan.path}")
+    return 0
+
+
+# options of a single layer, with their defaults: none of them means anything for a whole network
+_LAYER_ONLY = {"layer": None, "allow_gated": False, "fold_embedding": False, "map_embedding": False,
+               "ignore_biases": False, "fold_norms": False, "method": "auto", "tol": None, "chunk": None, "resume": True}
+
+
+def cmd_decompose_network(args) -> int:
+    given = [name for name, default in _LAYER_ONLY.items() if getattr(args, name) != default]
+    if given:
+        flags = ", ".join("--no-resume" if n == "resume" else "--" + n.replace("_", "-") for n in given)
+        raise ValueError(f"{flags}: --network decomposes the whole image model (every block, embedding to head); "
+                         "options of a single layer do not apply")
+    res = pipeline.decompose_network_checkpoint(
+        args.checkpoint, directions=args.directions, k=args.k, which=args.which, rank=args.rank,
+        dtype=args.dtype, device=args.device, out=args.out, residual=args.residual,
+        progress=not args.quiet, on_note=_print_note)
+    info, meta = res.network_info, res.metadata
+    full = [len(s) for s in res.singular_values]
+    kept = ", ".join(f"{r} of {n}" for r, n in zip(res.ranks, full)) or "none (one layer)"
+    print(f"decomposed {len(res)} direction(s) through {info['n_layers']} layer(s): {meta['direction_description']}")
+    print(f"  {args.checkpoint} ({meta['layout']}): d_in={info['d_in']} d={info['d']} d_out={info['d_out']}, "
+          f"{'residual' if info['residual'] else 'sequential'}{', with biases' if meta['bias'] else ''}")
+    print(f"  features kept per level: {kept} ({'exact' if res.ranks == full else 'truncated'})")
+    print(f"  k={res.k} which={res.which} method={meta['method']} dtype={meta['dtype']} device={meta['options']['device']}")
+    print(f"  time {meta['seconds']:.3g} s")
+    print(f"  saved to {args.out} (read with bk.NetworkDecomposition.load)")
     return 0
 
 
@@ -121,6 +155,13 @@ def cmd_demo(args) -> int:
     if trunc["smallest_k_within_1pt"] is not None:
         print(f"keeping the top {trunc['smallest_k_within_1pt']} eigenvectors per digit comes within 1 point "
               "of the full model")
+    depth, wd = report["depth"], report["weight_decay"]
+    few = ", ".join(f"top {k['rank']}: {100 * k['accuracy']:.1f}%" for k in depth["few_features"]["kept"])
+    print(f"{depth['model']['layers']}-layer residual model: test accuracy {100 * depth['accuracy']['test']:.2f}%, "
+          f"decomposed through depth (relative error {depth['decomposition']['relative_reconstruction_error']:.1e}); "
+          f"features kept per level, {few}")
+    print(f"effective rank per digit (90% of Σλ²), 1-layer model: mean {wd['with']['mean']:.1f} with weight decay "
+          f"{wd['with']['weight_decay']}, {wd['without']['mean']:.1f} without")
     print(f"wrote to {out}:")
     for name, what in report["files"].items():
         print(f"  {name:<17} {what}")
@@ -131,6 +172,19 @@ def cmd_demo(args) -> int:
 
 def _k(text: str) -> int | None:
     return None if text == "all" else positive_int(text)
+
+
+def _rank(text: str):
+    """--rank: 'exact' (every numerically non-zero singular value), an int r, or a share in (0, 1)."""
+    if text == "exact":
+        return None
+    try:
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'exact', a positive int or a share in (0, 1), got {text!r}") from None
+    if isinstance(value, int) and value < 1 or isinstance(value, float) and not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'exact', a positive int or a share in (0, 1), got {text!r}")
+    return value
 
 
 def _layer(text: str) -> int:
@@ -160,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     dec = sub.add_parser(
-        "decompose", help="decompose one layer of a checkpoint along output directions",
+        "decompose", help="decompose one layer of a checkpoint (or, with --network, a whole image model) along output directions",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Eigendecompose the interaction matrices of one bilinear layer of a checkpoint.\n\n"
                     "CHECKPOINT: a folder with config.json + model.safetensors (bilinear LM or image model,\n"
@@ -177,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("checkpoint", help="checkpoint folder, or a .safetensors / .pt / .bin file")
     dec.add_argument("--layer", type=_layer, default=None, metavar="I",
                      help="layer index (required when the checkpoint has several; negative counts from the end)")
+    dec.add_argument("--network", action="store_true",
+                     help="decompose the whole image model through depth (every block, embedding to head) "
+                          "instead of one --layer; results in a .safetensors file read by bk.NetworkDecomposition.load")
+    dec.add_argument("--rank", type=_rank, default=None, metavar="R",
+                     help="with --network: features kept per level: 'exact' (default), an int, or a share of "
+                          "Σσ² in (0, 1)")
+    dec.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                     help="with --network, for a checkpoint without config.json: whether the blocks are residual")
     dec.add_argument("--directions", required=True, metavar="SPEC", help="output directions (see above)")
     dec.add_argument("--k", type=_k, default=DEFAULT_K, metavar="K",
                      help=f"eigenpairs per direction, or 'all' (default: {DEFAULT_K}, at most d)")

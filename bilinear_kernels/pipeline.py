@@ -14,6 +14,7 @@ The steps, each usable on its own:
   run_target(target, k=, ..., out=)                -> DecompositionResult, or a SweepReport for a store
 and below them iter_decomposition_chunks (chunk by chunk), decompose_target (all chunks, with
 the metadata to reproduce them), concatenate and resolve_device.
+A whole image model through depth: decompose_network_checkpoint(checkpoint, directions=, k=, rank=).
 
 Everything the user should know about what was decided (a tied unembedding, a gated MLP read with
 allow_gated, k capped at d, a norm without gain) is a note: in `target.notes`, in the results'
@@ -423,6 +424,79 @@ def decompose_checkpoint(checkpoint, *, directions: str, layer: int | None = Non
                       resume=resume, progress=progress, on_note=on_note)
 
 
+# -- whole networks ---------------------------------------------------------------------------
+
+def decompose_network_checkpoint(checkpoint, *, directions: str, k: int | None = None, which: str = "LM",
+                                 rank=None, dtype=None, device=None, out=None, residual: bool | None = None,
+                                 max_memory: int | None = None, hash_checkpoint: bool = True,
+                                 progress: bool | None = None, on_note: Callable[[str], None] | None = None):
+    """A whole published image model (any n_layer, residual or not, biases) decomposed through
+    depth along `directions` (a string as for one layer, e.g. "classes", "0,5,7", "contrast:3",
+    read against the network's outputs): `checkpoints.load_network`, then `decompose_network`.
+    Returns the NetworkDecomposition, also saved to `out` (a .safetensors file) when given; its
+    metadata holds the checkpoint's SHA-256, what was read, the notes, the options and the versions.
+
+    k        eigenpairs of the top form per direction (None: all); above the largest possible
+             number (d_in + 1 for one layer, d + 1 deeper) it is capped, with a note
+    rank     features kept per level: None exact, an int the top r, a float in (0, 1) that share of Σσ²
+    residual needed only for a checkpoint without config.json (see load_network)
+    on_note(text) is called with each note before the work starts."""
+    from .checkpoints import load_network
+    from .network_decomposition import decompose_network
+
+    plan = plan_output(out)  # before the checkpoint is read
+    if plan.kind == "store":
+        raise ValueError(f"out {os.fspath(out)!r}: a network decomposition is written to one {RESULT_SUFFIX} file "
+                         f"(name one ending in {RESULT_SUFFIX}); sweep stores hold single-layer results")
+    started = time.perf_counter()
+    loaded = load_network(checkpoint, residual=residual, device=resolve_device(device))
+    net = loaded.network
+    resolved = resolve_directions(directions, None, net.d_out, "the network's outputs")
+    notes = list(loaded.notes)
+    largest = net.d_in + 1 if net.n_layers == 1 else net.d_stream + 1
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k must be a positive int or None (every eigenpair), got {k!r}")
+    k_used = k
+    if k is not None and k > largest:
+        k_used = None
+        notes.append(f"k={k} is more than the at most {largest} eigenpairs each direction has "
+                     f"({'d_in + 1: the inputs and the constant' if net.n_layers == 1 else 'd + 1: the stream and the constant'}): "
+                     "computing all")
+    if on_note is not None:
+        for note in notes:
+            on_note(note)
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
+    result = decompose_network(net, resolved.directions, k=k_used, which=which, rank=rank, dtype=dtype,
+                               max_memory=max_memory, progress=progress)
+    if resolved.ids is not None:
+        result.direction_ids = list(resolved.ids)
+    from . import __version__
+
+    meta = {"checkpoint": str(checkpoint), **loaded.describe(), "notes": notes, "directions": directions,
+            "direction_ids": result.direction_ids, "direction_description": resolved.description,
+            "n_directions": len(resolved),
+            "options": {"k": k, "k_used": result.k, "which": which,
+                        "rank": rank if rank is None or isinstance(rank, (int, float)) else list(rank),
+                        "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
+                        "device": str(net.device), "residual": residual},
+            "ranks": result.ranks, "seconds": round(time.perf_counter() - started, 6),
+            "package_version": __version__, "torch_version": torch.__version__}
+    if hash_checkpoint:
+        hashes = {f: file_sha256(f) for f in loaded.files}
+        meta["checkpoint_sha256"] = checkpoint_sha256(loaded.files, hashes)
+        meta["checkpoint_files"] = {f.name: h for f, h in hashes.items()}
+    result.metadata.update(meta)
+    if plan.kind == "file":
+        try:
+            result.save(plan.path)
+        except Exception as err:  # noqa: BLE001 - safetensors wraps the OS error in its own type
+            raise OutputError(f"could not write {plan.path}: {' '.join(str(err).split())}") from None
+    return result
+
+
 __all__ = ["CheckpointError", "DecompositionTarget", "OutputError", "OutputPlan", "concatenate",
-           "decompose_checkpoint", "decompose_target", "effective_k", "iter_decomposition_chunks",
+           "decompose_checkpoint", "decompose_network_checkpoint", "decompose_target", "effective_k", "iter_decomposition_chunks",
            "plan_output", "resolve_device", "resolve_target", "run_target", "save_result", "target_from_layer"]

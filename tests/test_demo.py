@@ -45,7 +45,8 @@ def test_demo_command_fast_mode(tmp_path, capsys):
         assert name in printed
     import matplotlib.image
 
-    for name in ("eigenvectors.png", "eigenvectors_published.png", "output_svd.png", "spectra.png", "truncation.png"):
+    for name in ("eigenvectors.png", "eigenvectors_published.png", "output_svd.png", "spectra.png", "truncation.png",
+                 "network_tree.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         pixels = matplotlib.image.imread(out / name)
         assert min(pixels.shape[:2]) > 300 and pixels[..., :3].std() > 0.05, name  # drawn, not blank
@@ -58,6 +59,20 @@ def test_demo_command_fast_mode(tmp_path, capsys):
     svd = report["output_svd"]
     assert len(svd["singular_values"]) == 64 and svd["singular_values"] == sorted(svd["singular_values"], reverse=True)
     assert 0 < svd["share_of_squares_top"]["1"] <= svd["share_of_squares_top"]["10"] <= 1 + 1e-12
+    # through depth: the 3-layer residual model, exact, its truncation curve ending exact
+    depth = report["depth"]
+    assert depth["model"]["layers"] == 3 and depth["accuracy"]["test"] >= 0.9
+    assert depth["decomposition"]["relative_reconstruction_error"] < 1e-10
+    curve = depth["truncation"]
+    assert curve[-1]["relative_error"] < 1e-10 and curve[-1]["accuracy"] == pytest.approx(depth["accuracy"]["test"], abs=1e-6)
+    assert [k["rank"] for k in depth["few_features"]["kept"]] == [2, 4, 8]
+    assert "## Through depth: a 3-layer residual model" in markdown and "top 4 keep" in markdown
+    assert "3-layer residual model: test accuracy" in printed
+    # weight decay: effective rank per digit, with and without
+    wd = report["weight_decay"]
+    for side in ("with", "without"):
+        assert len(wd[side]["effective_rank"]) == 10 and all(1 <= r <= 64 for r in wd[side]["effective_rank"])
+    assert wd["without"]["weight_decay"] == 0.0 and "## Weight decay and low rank" in markdown
 
 
 def test_training_is_reproducible(digits):
@@ -133,3 +148,43 @@ def test_top_by_sign_picks_each_end():
     values = np.array([3.0, -2.5, 1.0, -0.5, 0.0, 2.0])
     assert top_by_sign(values, 2) == ([0, 5], [1, 3])
     assert top_by_sign(np.array([1.0, 0.5]), 3) == ([0, 1], [])
+
+
+def test_effective_rank_counts_eigenvalues_holding_the_share():
+    from bilinear_kernels.demo.analysis import effective_rank
+
+    # squares 16, 9, 4, 1 (sum 30): 16 is 53%, +9 is 83%, +4 is 97%
+    assert effective_rank(np.array([[1.0, -3.0, 4.0, 2.0], [5.0, 0.0, 0.0, 0.0]])) == [3, 1]
+    assert effective_rank(np.array([[1.0, 1.0]]), share=0.5) == [1]
+
+
+def test_deep_model_decomposes_exactly_and_its_leaves_walk_the_tree(digits):
+    from bilinear_kernels.demo.deep import DeepConfig, train_deep
+    from bilinear_kernels.demo.depth import decompose_through_depth, feature_leaves, reconstruction_error
+
+    trained = train_deep(digits, DeepConfig(epochs=2, hidden=8), torch.device("cpu"), progress=False)
+    depth = decompose_through_depth(trained.model)
+    res = depth.result
+    assert depth.network.n_layers == 3 and depth.network.residual
+    assert reconstruction_error(trained.model, res, digits.x_test) < 1e-10
+    leaves = feature_leaves(res, 3, 1, children=2)
+    below = res.expand(3, 1)
+    for a, leaf in enumerate(leaves):
+        # the child's eigenvalue, then the top eigenpair of its own form one level down (level 0: pixels)
+        assert leaf.eigenvalues[0] == pytest.approx(float(below.eigenvalues[0, a]))
+        pixel = res.expand_vector(1, below.eigenvectors[0, :, a], k=1)
+        assert leaf.eigenvalues[1] == pytest.approx(float(pixel.eigenvalues[0, 0]))
+        expected = pixel.eigenvectors[0, :-1, 0].numpy() * abs(leaf.eigenvalues[1]) ** 0.5
+        assert np.allclose(np.abs(leaf.pixels), np.abs(expected), atol=1e-12)
+        assert leaf.pixels[np.argmax(np.abs(leaf.pixels))] > 0
+
+
+def test_deep_training_is_reproducible(digits):
+    from bilinear_kernels.demo.deep import DeepConfig, train_deep
+
+    cpu = torch.device("cpu")
+    a = train_deep(digits, DeepConfig(epochs=1, hidden=8, seed=3), cpu, progress=False).model.state_dict()
+    b = train_deep(digits, DeepConfig(epochs=1, hidden=8, seed=3), cpu, progress=False).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="layers must be positive"):
+        train_deep(digits, DeepConfig(layers=0), cpu, progress=False)

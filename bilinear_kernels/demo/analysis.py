@@ -11,6 +11,7 @@ import copy
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..data_analysis import truncation_curve
@@ -79,3 +80,11 @@ def truncation_points(result: DecompositionResult, x: torch.Tensor, y: torch.Ten
     curve = truncation_curve(result, x, ks, targets=y)
     return [{"k": r["k"], "test_accuracy": r["accuracy"], "relative_error": r["relative_error"],
              "mean_correlation": r["mean_correlation"]} for r in curve.records()]
+
+
+def effective_rank(eigenvalues, share: float = 0.9) -> list[int]:
+    """Per class: the fewest eigenvalues (largest |λ| first) whose squares hold `share` of Σλ²."""
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    energy = np.sort(values**2, axis=-1)[..., ::-1]
+    cumulative = np.cumsum(energy, axis=-1) / energy.sum(-1, keepdims=True)
+    return [int(n) for n in (cumulative < share - 1e-12).sum(-1) + 1]

@@ -168,3 +168,62 @@ def truncation(curve: list[dict], full_accuracy: float, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def network_tree(digits: list[int], top_values: np.ndarray, leaves: dict, curve: list[dict], path: Path,
+                 layers: int) -> Path:
+    """The deep model's tree for a few digits, and its truncation curve.
+
+    For each digit: a bar chart of its top-level eigenvalues μ_j (largest |μ| first), then one row
+    per top feature j: the feature's top children one level down (by |λ|), each followed down to
+    level 0 through its own top eigenvector and drawn as pixels, √|λ₀|·v, on one colour scale per
+    row. `top_values` (classes, k) the top-level eigenvalues, `leaves[(digit, j)]` the list of
+    `depth.Leaf` of that feature, `curve` the network truncation curve (with labels)."""
+    from ..network_truncation_plot import plot_network_truncation
+
+    plt = _pyplot()
+    features = sorted({j for _, j in leaves})
+    children = max(len(v) for v in leaves.values())
+    rows = len(digits) * len(features)
+    height = 1.25 * rows + 4.2
+    fig = plt.figure(figsize=(2.6 + 1.25 * children + 0.8, height))
+    grid = fig.add_gridspec(rows + 1, children + 2, width_ratios=[2.2] + [1] * children + [0.12],
+                            height_ratios=[1] * rows + [2.9], hspace=0.7, wspace=0.25,
+                            left=0.09, right=0.9, top=1 - 0.8 / height, bottom=0.45 / height)
+    for n, digit in enumerate(digits):
+        bars = fig.add_subplot(grid[n * len(features):(n + 1) * len(features), 0])
+        shown = top_values[digit][:10]
+        bars.bar(np.arange(1, len(shown) + 1), shown, color=np.where(shown >= 0, "#c0392b", "#2c6fb0"))
+        bars.axhline(0, color="black", lw=0.6)
+        bars.set_title(f"digit {digit}: top μ_j", fontsize=8)
+        bars.set_xticks(np.arange(1, len(shown) + 1))
+        bars.tick_params(labelsize=6)
+        for f, j in enumerate(features):
+            row = n * len(features) + f
+            panels = leaves[(digit, j)]
+            scale = max(float(np.abs(leaf.pixels).max()) for leaf in panels) or 1.0
+            image = None
+            for a, leaf in enumerate(panels):
+                ax = fig.add_subplot(grid[row, 1 + a])
+                image = ax.imshow(leaf.pixels.reshape(8, 8), cmap=CMAP, vmin=-scale, vmax=scale,
+                                  interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(" → ".join(f"{v:+.2g}" for v in leaf.eigenvalues), fontsize=6, pad=2)
+                if a == 0:
+                    ax.set_ylabel(f"μ_{j + 1}={top_values[digit][j]:+.2g}", fontsize=7)
+            cax = fig.add_subplot(grid[row, children + 1])
+            cbar = fig.colorbar(image, cax=cax, ticks=[-scale, 0, scale])
+            cbar.ax.set_yticklabels([f"{-scale:.2g}", "0", f"{scale:.2g}"], fontsize=5)
+    curve_ax = fig.add_subplot(grid[rows, :children + 1])
+    plot_network_truncation(curve, ax=curve_ax, full_accuracy=curve[-1].get("network_accuracy"),
+                            title="Truncation: test accuracy and relative error keeping the top r features per level")
+    curve_ax.title.set_fontsize(9)
+    fig.suptitle(f"The {layers}-layer residual model through depth: each digit's top features μ_j (w_jᵀ g)², "
+                 "expanded to pixels", fontsize=9.5, y=0.997)
+    fig.text(0.5, 1 - 0.5 / height, "Row: one top feature. Panel: one of its top children one level down, followed "
+             "through top eigenvectors to pixels (titles: λ at each level down; below the first, their signs follow the "
+             "arbitrary sign of the vector above), √|λ₀|·v on the row's colour scale, largest |pixel| positive.", ha="center", va="center", fontsize=6.5, wrap=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

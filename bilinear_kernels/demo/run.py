@@ -1,19 +1,31 @@
 """`bilinear-kernels demo`: train, decompose every class logit in pixel space, write the figures
-and the report."""
+and the report; then the same through depth for a 3-layer residual model, and the effect of weight
+decay on the 1-layer model's effective rank."""
 from __future__ import annotations
 
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..output_svd import output_svd
-from .analysis import MAX_TRUNCATION_K, decompose_classes, reconstruction_error, truncation_points
-from .plots import PUBLISHED_SIGN_NOTE, eigenvector_grid, output_spectrum, spectra, truncation
+from .analysis import (MAX_TRUNCATION_K, decompose_classes, effective_rank, reconstruction_error,
+                       truncation_points)
+from .deep import DeepConfig, train_deep
+from .depth import decompose_through_depth, feature_leaves, few_features_summary
+from .depth import reconstruction_error as depth_reconstruction_error
+from .depth import truncation as depth_truncation
+from .plots import PUBLISHED_SIGN_NOTE, eigenvector_grid, network_tree, output_spectrum, spectra, truncation
 from .published import compare_modes, published_decomposition
 from .report import write_json, write_markdown
 from .training import TrainingConfig, accuracy, load_digits_split, train
+
+# the digits whose tree network_tree.png draws, the top features per digit and children per feature
+TREE_DIGITS = (0, 3, 7)
+TREE_FEATURES = 2
+TREE_CHILDREN = 4
 
 FILES = {
     "eigenvectors.png": "top positive and negative eigenvectors of each digit as 8×8 images",
@@ -21,6 +33,8 @@ FILES = {
     "output_svd.png": "output-mode singular values of the layer's whole interaction tensor in pixel space",
     "spectra.png": "eigenvalue spectrum of each digit's interaction matrix",
     "truncation.png": "test accuracy keeping the top-k eigenvectors per class, k = 1..20",
+    "network_tree.png": "the 3-layer residual model through depth: top eigenvalues of a few digits, each top "
+                        "feature expanded to pixels, and the truncation curve against the rank kept per level",
     "report.json": "every number of this run",
     "report.md": "this report",
 }
@@ -64,6 +78,9 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
     spectra(vals, out / "spectra.png")
     truncation(curve, test_acc, out / "truncation.png")
 
+    depth = _through_depth(data, config, seed, dev, progress, out)
+    weight_decay = _weight_decay_effect(data, config, vals, test_acc, dev, progress)
+
     within = next((p["k"] for p in curve if p["test_accuracy"] >= test_acc - 0.01), None)
     report = {
         "dataset": {"name": "scikit-learn digits (8x8)", "train": len(data.y_train), "test": len(data.y_test),
@@ -88,6 +105,8 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
         "output_svd": _svd_summary(sigma),
         "truncation": curve,
         "truncation_summary": {"full_test_accuracy": test_acc, "smallest_k_within_1pt": within},
+        "depth": depth,
+        "weight_decay": weight_decay,
         "files": dict(FILES),
         "versions": {"bilinear_kernels": _version(), "torch": torch.__version__,
                      "python": platform.python_version()},
@@ -96,6 +115,51 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
     write_json(report, out / "report.json")
     write_markdown(report, out / "report.md")
     return report
+
+
+def _through_depth(data, config, seed, dev, progress, out) -> dict:
+    """Train the 3-layer residual model, decompose it through depth, draw its tree; the report's part."""
+    deep_config = DeepConfig(epochs=config.epochs, seed=seed)
+    trained = train_deep(data, deep_config, dev, progress=progress)
+    depth = decompose_through_depth(trained.model)
+    res = depth.result
+    curve = depth_truncation(depth.network, data.x_test, data.y_test)
+    leaves = {(digit, j): feature_leaves(res, digit, j, TREE_CHILDREN)
+              for digit in TREE_DIGITS for j in range(TREE_FEATURES)}
+    values = res.eigenvalues.cpu().numpy()
+    network_tree(list(TREE_DIGITS), values, leaves, curve, out / "network_tree.png", deep_config.layers)
+    return {
+        "model": {"layers": deep_config.layers, "hidden": deep_config.hidden, "residual": True, "biases": False,
+                  "parameters": sum(p.numel() for p in trained.model.parameters())},
+        "training": {"optimizer": "AdamW", "schedule": "cosine annealing per epoch", "epochs": deep_config.epochs,
+                     "batch_size": deep_config.batch_size, "lr": deep_config.lr,
+                     "weight_decay": deep_config.weight_decay, "seed": seed, "seconds": round(trained.seconds, 3)},
+        "accuracy": {"train": accuracy(trained.model, data.x_train.to(dev), data.y_train.to(dev)),
+                     "test": accuracy(trained.model, data.x_test.to(dev), data.y_test.to(dev))},
+        "decomposition": {"seconds": round(depth.seconds, 4), "ranks": res.ranks,
+                          "singular_values": [[float(x) for x in s] for s in res.singular_values],
+                          "eigenpairs_per_class": res.k,
+                          "relative_reconstruction_error": depth_reconstruction_error(trained.model, res, data.x_test),
+                          "top_eigenvalues": {str(c): [float(v) for v in values[c, :5]] for c in range(len(values))}},
+        "truncation": curve,
+        "few_features": few_features_summary(curve),
+        "tree": {str(digit): [{"feature": j + 1, "mu": float(values[digit, j]),
+                               "paths": [leaf.eigenvalues for leaf in leaves[(digit, j)]]}
+                              for j in range(TREE_FEATURES)] for digit in TREE_DIGITS},
+    }
+
+
+def _weight_decay_effect(data, config, vals, test_acc, dev, progress) -> dict:
+    """The 1-layer model trained again without weight decay (all else equal): effective rank per
+    class (eigenvalues holding 90% of Σλ²) with and without."""
+    without = train(data, replace(config, weight_decay=0.0), dev, progress=progress)
+    values = decompose_classes(without.model).result.eigenvalues.cpu().numpy()
+    with_rank, without_rank = effective_rank(vals), effective_rank(values)
+    return {"share": 0.9, "with": {"weight_decay": config.weight_decay, "test_accuracy": test_acc,
+                                   "effective_rank": with_rank, "mean": sum(with_rank) / len(with_rank)},
+            "without": {"weight_decay": 0.0,
+                        "test_accuracy": accuracy(without.model, data.x_test.to(dev), data.y_test.to(dev)),
+                        "effective_rank": without_rank, "mean": sum(without_rank) / len(without_rank)}}
 
 
 def _class_summary(digit: int, values) -> dict:
