@@ -137,17 +137,17 @@ def test_network_options_without_network_are_refused(tmp_path, capsys):
     assert "expected 'exact', a positive int or a share in (0, 1), got '0'" in capsys.readouterr().err
 
 
-def test_readme_network_example_runs(tmp_path, monkeypatch):
+def test_the_documented_network_example_runs(tmp_path, monkeypatch):
     from pathlib import Path
 
     pytest.importorskip("matplotlib")
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index("### A whole image model through depth"):]
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "networks.md").read_text()
+    section = text[text.index("## A whole image model from a checkpoint"):]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     write_bilinear_image(tmp_path / "mnist", n_layer=3, d_input=7, d_hidden=4, residual=True)
     monkeypatch.chdir(tmp_path)
     namespace = {"x_test": torch.randn(20, 7, dtype=torch.float64), "y_test": torch.randint(0, 5, (20,))}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/guides/networks.md", "exec"), namespace)
     assert namespace["res"].ranks == [5, 5] and namespace["net"].n_layers == 3
     assert namespace["curve"][-1]["relative_error"] < 1e-10
     assert (tmp_path / "truncation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -34,6 +34,7 @@ NEEDS = {
     ("guides/adapters.md", "TransformerLens"): ["transformer_lens"],
     ("guides/adapters.md", "nnsight"): ["nnsight", "transformers"],
     ("guides/features.md", "SAELens"): ["sae_lens"],
+    ("guides/networks.md", "A whole image model from a checkpoint"): ["matplotlib"],
 }
 
 
@@ -53,6 +54,9 @@ GIVEN = {
     ("guides/features.md", "Bilinear autoencoders"): lambda: {
         "autoencoder": MixedAutoencoder(24, 2048, bottleneck=8).double()},
     ("guides/networks.md", "Whole networks"): lambda: {"image_model": ImageModel()},
+    # test data for the "mnist" checkpoint that write_checkpoints writes (16 inputs, 5 classes)
+    ("guides/networks.md", "A whole image model from a checkpoint"): lambda: {
+        "x_test": torch.randn(20, 16, dtype=torch.float64), "y_test": torch.randint(0, 5, (20,))},
 }
 
 
