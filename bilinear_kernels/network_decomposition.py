@@ -32,7 +32,7 @@ from .decompose import decompose
 from .directions import parse_directions
 from .layer import BilinearLayer
 from .network import BilinearNetwork, network_inputs
-from .output_svd import output_svd
+from .primitives.output_svd import output_svd
 from .result import DecompositionResult
 
 FORMAT = "bilinear_kernels.network_decomposition/1"

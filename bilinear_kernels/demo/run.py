@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..output_svd import output_svd
+from ..primitives.output_svd import output_svd
 from .analysis import (MAX_TRUNCATION_K, decompose_classes, effective_rank, reconstruction_error,
                        truncation_points)
 from .deep import DeepConfig, train_deep

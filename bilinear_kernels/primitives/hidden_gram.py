@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .memory import chunk_size
+from ..memory import chunk_size
 
 # the four (r, h) products and the two Hadamard products of a block, per row, in numbers
 BLOCK_NUMBERS_PER_ROW = 6

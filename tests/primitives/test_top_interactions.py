@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bilinear_kernels as bk
-top_interactions_module = importlib.import_module("bilinear_kernels.top_interactions")
+top_interactions_module = importlib.import_module("bilinear_kernels.primitives.top_interactions")
 
 from helpers import make_layer, one_hot, oracle_q, oracle_q_on_basis, random_weights, to_numpy
 

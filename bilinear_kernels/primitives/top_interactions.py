@@ -16,11 +16,11 @@ import numbers
 
 import torch
 
-from ._arrays import to_framework, working_dtype
-from .directions import parse_directions
-from .interaction import _check_layer, build_interaction
-from .layer import BilinearLayer
-from .memory import chunk_size, memory_budget
+from .._arrays import to_framework, working_dtype
+from ..directions import parse_directions
+from ..interaction import _check_layer, build_interaction
+from ..layer import BilinearLayer
+from ..memory import chunk_size, memory_budget
 
 DEFAULT_TILE = 1024  # square tiles this wide keep the GEMMs efficient on CPU and GPU
 INDEX_BYTES = 8

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from ._arrays import as_tensor, check_finite, to_framework
+from .._arrays import as_tensor, check_finite, to_framework
 from .form_inner import coefficient_gram, form_pair
-from .layer import BilinearLayer
-from .memory import budget_after_result, memory_budget
+from ..layer import BilinearLayer
+from ..memory import budget_after_result, memory_budget
 
 
 def check_mean(mean, layer: BilinearLayer, dtype: torch.dtype) -> torch.Tensor | None:

@@ -123,7 +123,7 @@ def test_parameters_as_weights_give_plain_results():
     np.testing.assert_allclose(values.numpy()[0], q[0, rows[0].numpy(), cols[0].numpy()], rtol=1e-12)
 
 
-entries_module = importlib.import_module("bilinear_kernels.entries")
+entries_module = importlib.import_module("bilinear_kernels.primitives.entries")
 
 
 @pytest.mark.parametrize("bias, with_offset", [(False, False), (True, False), (False, True), (True, True)])

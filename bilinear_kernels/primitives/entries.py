@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._arrays import _is_cupy, to_framework, working_dtype
-from .directions import parse_directions
-from .interaction import _check_layer, build_interaction
-from .layer import BilinearLayer
-from .memory import chunk_size, format_bytes, memory_budget
+from .._arrays import _is_cupy, to_framework, working_dtype
+from ..directions import parse_directions
+from ..interaction import _check_layer, build_interaction
+from ..layer import BilinearLayer
+from ..memory import chunk_size, format_bytes, memory_budget
 
 
 def index_vector(x, name: str, size: int) -> torch.Tensor:

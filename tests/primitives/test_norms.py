@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import bilinear_kernels as bk
-from bilinear_kernels.norms import choose_route
+from bilinear_kernels.primitives.norms import choose_route
 
 from helpers import make_layer, one_hot, oracle_q, random_weights, to_numpy
 
