@@ -7,9 +7,9 @@ from .functional import bilinear
 from .primitives.gaussian_moments import gaussian_moments
 from .interaction import interaction_matrices, interaction_tensor
 from .layer import BilinearLayer
-from .network import BilinearNetwork
-from .network_decomposition import NetworkDecomposition, decompose_network
-from .network_truncation import network_truncation_curve
+from .network.network import BilinearNetwork
+from .network.network_decomposition import NetworkDecomposition, decompose_network
+from .network.network_truncation import network_truncation_curve
 from .collect import collect_inputs
 from .data_analysis import top_activations, truncation_curve
 from .model_directions import (overlap_mix_direction, sae_decoder_basis, sae_encoder_directions,

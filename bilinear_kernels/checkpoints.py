@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from .layer import BilinearLayer
-from .network import BilinearNetwork
+from .network.network import BilinearNetwork
 
 SAFETENSORS_SUFFIX = ".safetensors"
 # torch.save files, read with torch.load(weights_only=True) only

@@ -442,7 +442,7 @@ def decompose_network_checkpoint(checkpoint, *, directions: str, k: int | None =
     residual needed only for a checkpoint without config.json (see load_network)
     on_note(text) is called with each note before the work starts."""
     from .checkpoints import load_network
-    from .network_decomposition import decompose_network
+    from .network.network_decomposition import decompose_network
 
     plan = plan_output(out)  # before the checkpoint is read
     if plan.kind == "store":

@@ -12,7 +12,7 @@ import numbers
 
 import torch
 
-from .directions import parse_directions
+from ..directions import parse_directions
 from .network import BilinearNetwork, network_inputs
 from .network_decomposition import decompose_network, first_level
 

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from bilinear_kernels.network_truncation_plot import plot_network_truncation  # noqa: E402
+from bilinear_kernels.network.network_truncation_plot import plot_network_truncation  # noqa: E402
 
 CURVE = [{"rank": 4, "ranks": [4, 4], "relative_error": 0.3, "accuracy": 0.7},
          {"rank": 1, "ranks": [1, 1], "relative_error": 0.9, "accuracy": 0.2},
