@@ -17,7 +17,7 @@ from .model_directions import (overlap_mix_direction, sae_decoder_basis, sae_enc
 from .primitives.norms import interaction_norms
 from .primitives.output_svd import output_svd
 from .result import DecompositionResult
-from .store import open_results
+from .io.store import open_results
 from .solvers.krylov import ConvergenceWarning
 from .primitives.top_interactions import top_interactions
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoints import CheckpointError, checkpoint_sha256, file_sha256, load_layer
+from .io.checkpoints import CheckpointError, checkpoint_sha256, file_sha256, load_layer
 from .decompose import decompose
 from .decompose import resolve_options as check_solver_options
 from .directions import parse_directions
@@ -126,7 +126,7 @@ def resolve_target(checkpoint, *, layer: int | None = None, directions: str, all
 
 def _embedding_to_map(checkpoint, loaded, device) -> torch.Tensor:
     """embed.weight (d_hidden, d_input) of an image model whose layer 0 was loaded."""
-    from .checkpoints import open_checkpoint
+    from .io.checkpoints import open_checkpoint
 
     if loaded.layout != "bilinear-image":
         raise CheckpointError(f"map_embedding needs a model with an input embedding (an image model's "
@@ -441,7 +441,7 @@ def decompose_network_checkpoint(checkpoint, *, directions: str, k: int | None =
     rank     features kept per level: None exact, an int the top r, a float in (0, 1) that share of Σσ²
     residual needed only for a checkpoint without config.json (see load_network)
     on_note(text) is called with each note before the work starts."""
-    from .checkpoints import load_network
+    from .io.checkpoints import load_network
     from .network.network_decomposition import decompose_network
 
     plan = plan_output(out)  # before the checkpoint is read

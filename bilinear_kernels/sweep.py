@@ -46,8 +46,8 @@ from .layer import BilinearLayer
 from .memory import memory_budget
 from .progress import cancel_scope
 from .solvers.selection import WHICH
-from .store import (INT64, CorruptShardError, DamagedStoreError, OptionsMismatchError, StoreError, StoreLock,
-                    StoreLockedError, StoreWriteError, SweepStore, ids_sha256, read_manifest)
+from .io.store import (INT64, CorruptShardError, DamagedStoreError, OptionsMismatchError, StoreError, StoreLock,
+                       StoreLockedError, StoreWriteError, SweepStore, ids_sha256, read_manifest)
 
 # default chunk: shards of about this many bytes of eigenvectors, and never more directions than this
 SHARD_TARGET_BYTES = 128 * 2**20
@@ -503,7 +503,7 @@ def parse_direction_spec(spec: str, d_out: int) -> list[int]:
 def load_layer(path) -> BilinearLayer:
     """A BilinearLayer from a safetensors file with "w", "v" and optionally "p", "w_bias", "v_bias"
     (read as checkpoints.py reads files: pickles refused, headers checked, clear errors)."""
-    from .checkpoints import CheckpointError, detect_layout, load_layer as load_checkpoint, open_checkpoint
+    from .io.checkpoints import CheckpointError, detect_layout, load_layer as load_checkpoint, open_checkpoint
 
     path = Path(path)
     if path.exists() and not path.is_file():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bilinear_kernels as bk
-from bilinear_kernels import checkpoints as bk_checkpoints
+from bilinear_kernels.io import checkpoints as bk_checkpoints
 from bilinear_kernels import pipeline
 from bilinear_kernels.result import DecompositionResult
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_plain

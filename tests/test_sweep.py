@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 import bilinear_kernels as bk
 from bilinear_kernels import distributed
-from bilinear_kernels.store import OptionsMismatchError, StoreError
+from bilinear_kernels.io.store import OptionsMismatchError, StoreError
 from bilinear_kernels.sweep import (load_layer, main, parse_direction_spec, run_sweep, wants_store)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_bad_arguments_are_refused(weights, tmp_path):
 # Slows the sweep down after each shard, so the test can kill it part-way.
 SLOW_AFTER_EACH_SHARD = """
 import sys, time
-import bilinear_kernels.store as store
+import bilinear_kernels.io.store as store
 write = store.SweepStore.write_shard
 def slow(self, *args, **kwargs):
     record = write(self, *args, **kwargs)
@@ -153,7 +153,7 @@ main(sys.argv[1:])
 # Writes half of the third shard's bytes into its temporary, then stalls: killed right there.
 STALL_INSIDE_THIRD_SHARD = """
 import os, sys, time
-import bilinear_kernels.store as store
+import bilinear_kernels.io.store as store
 write_all = store._write_all
 seen = []
 def stalling(fd, data, path):

@@ -169,7 +169,7 @@ def test_the_module_entry_point_prints_one_line(tmp_path):
 HOLD_AFTER_FIRST_SHARD = """
 import sys, time
 from pathlib import Path
-import bilinear_kernels.store as store
+import bilinear_kernels.io.store as store
 write = store.SweepStore.write_shard
 def held(self, *args, **kwargs):
     record = write(self, *args, **kwargs)

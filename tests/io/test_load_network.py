@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import bilinear_kernels as bk
-from bilinear_kernels.checkpoints import CheckpointError, load_network
+from bilinear_kernels.io.checkpoints import CheckpointError, load_network
 from tests.published_modules import ImageModel
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_llama, write_plain
 

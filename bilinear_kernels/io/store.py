@@ -46,7 +46,7 @@ from typing import Iterator
 
 import torch
 
-from .result import DirectionResult, as_direction_id, as_direction_ids
+from ..result import DirectionResult, as_direction_id, as_direction_ids
 
 FORMAT = "bilinear_kernels.sweep/2"
 SHARD_FORMAT = "bilinear_kernels.sweep.shard/2"
@@ -899,7 +899,7 @@ class StoredResults:
     def _result(self, vals, vecs, resid, ids, method, extra):
         """A DecompositionResult whose direction_ids are the stored ids; `indices` holds the
         output indices for index directions (None for float direction vectors, as from decompose)."""
-        from .result import DecompositionResult
+        from ..result import DecompositionResult
 
         indices = ids if self.manifest["directions"]["kind"] == "indices" else None
         return DecompositionResult(eigenvalues=vals, eigenvectors=vecs, residuals=resid, method=method,

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from .layer import BilinearLayer
-from .network.network import BilinearNetwork
+from ..layer import BilinearLayer
+from ..network.network import BilinearNetwork
 
 SAFETENSORS_SUFFIX = ".safetensors"
 # torch.save files, read with torch.load(weights_only=True) only

@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import save_file
 
 import bilinear_kernels as bk
-from bilinear_kernels import cli, store
-from bilinear_kernels.checkpoints import load_layer
+from bilinear_kernels import cli
+from bilinear_kernels.io import store
+from bilinear_kernels.io.checkpoints import load_layer
 from bilinear_kernels.result import DecompositionResult
-from bilinear_kernels.store import (CorruptShardError, DamagedStoreError, StoreError, StoreWarning,
+from bilinear_kernels.io.store import (CorruptShardError, DamagedStoreError, StoreError, StoreWarning,
                                     StoreWriteError)
 from bilinear_kernels.sweep import run_sweep
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_plain

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import bilinear_kernels as bk
-from bilinear_kernels import store
-from bilinear_kernels.store import (CorruptShardError, StoreError, StoreWriteError, explain_mismatch,
+from bilinear_kernels.io import store
+from bilinear_kernels.io.store import (CorruptShardError, StoreError, StoreWriteError, explain_mismatch,
                                     write_atomic)
 from bilinear_kernels.sweep import run_sweep
 
