@@ -10,10 +10,10 @@ from .layer import BilinearLayer
 from .network.network import BilinearNetwork
 from .network.network_decomposition import NetworkDecomposition, decompose_network
 from .network.network_truncation import network_truncation_curve
-from .collect import collect_inputs
-from .data_analysis import top_activations, truncation_curve
-from .model_directions import (overlap_mix_direction, sae_decoder_basis, sae_encoder_directions,
-                               unembedding_directions)
+from .adapters.collect import collect_inputs
+from .adapters.data_analysis import top_activations, truncation_curve
+from .adapters.model_directions import (overlap_mix_direction, sae_decoder_basis, sae_encoder_directions,
+                                        unembedding_directions)
 from .primitives.norms import interaction_norms
 from .primitives.output_svd import output_svd
 from .result import DecompositionResult

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 import bilinear_kernels as bk  # noqa: E402
 from published_modules import ImageModel, PublishedMLP  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Models in memory"
 NEEDS = {"transformers": ["transformers"], "TransformerLens": ["transformer_lens"], "SAELens": ["sae_lens"],
          "nnsight": ["nnsight", "transformers"], "The published bilinear models": []}

@@ -291,7 +291,7 @@ def _activation_of(module, attribute) -> tuple[Callable | None, str]:
 
 def _is_package_bilinear(module) -> bool:
     # looked up without importing `.nn` (which builds on layer.py): an instance exists only if it is loaded
-    package_nn = sys.modules.get(__name__.rsplit(".", 1)[0] + ".nn")
+    package_nn = sys.modules.get(__name__.partition(".")[0] + ".nn")
     return package_nn is not None and isinstance(module, package_nn.Bilinear)
 
 

@@ -22,8 +22,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .memory import memory_budget
-from .result import DecompositionResult
+from ..memory import memory_budget
+from ..result import DecompositionResult
 
 DEFAULT_MAX_MEMORY = 512 * 2**20
 

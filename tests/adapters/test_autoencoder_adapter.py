@@ -108,7 +108,7 @@ def test_the_readme_example_runs_as_written():
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text[text.index("## Many forms"):]
     (code,) = re.findall(r"```python\n(.*?)```", section[:section.index("\n## ", 5)], re.S)
     torch.manual_seed(3)
