@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import pipeline, sweep
+from .sweep import pipeline, sweep
 from .arguments import positive_float, positive_int, tracebacks_wanted
 from .io.checkpoints import CheckpointError
 from .decompose import METHODS

@@ -46,7 +46,7 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ..pipeline import resolve_device
+    from ..sweep.pipeline import resolve_device
 
     dev = resolve_device(device)
     config = TrainingConfig(hidden=hidden, seed=seed)

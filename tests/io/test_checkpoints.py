@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import bilinear_kernels as bk
 from bilinear_kernels.io.checkpoints import (CheckpointError, CheckpointNotFoundError, checkpoint_sha256,
-                                          file_sha256, load_layer)
+                                             file_sha256, load_layer)
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_llama, write_plain
 
 

@@ -13,8 +13,8 @@ import torch
 import bilinear_kernels as bk
 from bilinear_kernels.io import store
 from bilinear_kernels.io.store import (CorruptShardError, StoreError, StoreWriteError, explain_mismatch,
-                                    write_atomic)
-from bilinear_kernels.sweep import run_sweep
+                                       write_atomic)
+from bilinear_kernels.sweep.sweep import run_sweep
 
 D, H, O = 10, 14, 22   # 22 directions in chunks of 4 -> 6 chunks, the last of 2
 CHUNK, K = 4, 3

@@ -19,8 +19,8 @@ from bilinear_kernels.io import store
 from bilinear_kernels.io.checkpoints import load_layer
 from bilinear_kernels.result import DecompositionResult
 from bilinear_kernels.io.store import (CorruptShardError, DamagedStoreError, StoreError, StoreWarning,
-                                    StoreWriteError)
-from bilinear_kernels.sweep import run_sweep
+                                       StoreWriteError)
+from bilinear_kernels.sweep.sweep import run_sweep
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_plain
 
 D, H, O = 10, 14, 22   # 22 directions in chunks of 4 -> 6 chunks

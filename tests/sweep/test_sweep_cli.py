@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 import bilinear_kernels as bk
-from bilinear_kernels import distributed
-from bilinear_kernels.sweep import PROG, main
+from bilinear_kernels.sweep import distributed
+from bilinear_kernels.sweep.sweep import PROG, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 D, H, O = 12, 16, 30
 CHUNK, K = 4, 3
 SWEEP = ["--k", str(K), "--method", "eigh", "--chunk", str(CHUNK), "--no-progress"]
@@ -177,7 +177,7 @@ def held(self, *args, **kwargs):
         time.sleep(0.02)
     return record
 store.SweepStore.write_shard = held
-from bilinear_kernels.sweep import main
+from bilinear_kernels.sweep.sweep import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -253,7 +253,7 @@ def test_writers_started_together_one_works_one_is_refused(weights, tmp_path):
 UNINTERRUPTIBLE_SECOND_CHUNK = """
 import signal, sys, time
 from pathlib import Path
-import bilinear_kernels.sweep as sweep
+import bilinear_kernels.sweep.sweep as sweep
 real, calls = sweep.decompose, []
 def decompose(*args, **kwargs):
     calls.append(1)

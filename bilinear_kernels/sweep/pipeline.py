@@ -2,7 +2,7 @@
 resumable sweep store: the library behind `bilinear-kernels decompose`, for scripts and for other
 libraries, called with keyword arguments.
 
-    from bilinear_kernels import pipeline
+    from bilinear_kernels.sweep import pipeline
     res = pipeline.decompose_checkpoint("path/to/model", layer=2, directions="11,42,7", k=16)
     res.metadata["direction_ids"]        # [11, 42, 7]: the user's own ids, in order
     report = pipeline.decompose_checkpoint("path/to/model", layer=2, directions="vocab", k=16,
@@ -31,13 +31,13 @@ from typing import Callable
 
 import torch
 
-from .io.checkpoints import CheckpointError, checkpoint_sha256, file_sha256, load_layer
-from .decompose import decompose
-from .decompose import resolve_options as check_solver_options
-from .directions import parse_directions
-from .layer import BilinearLayer
+from ..io.checkpoints import CheckpointError, checkpoint_sha256, file_sha256, load_layer
+from ..decompose import decompose
+from ..decompose import resolve_options as check_solver_options
+from ..directions import parse_directions
+from ..layer import BilinearLayer
 from .output_directions import resolve_directions
-from .result import DecompositionResult
+from ..result import DecompositionResult
 
 DEFAULT_CHUNK = 256
 # A call's result counts in its memory budget; a default chunk keeps it to this share of the budget,
@@ -126,7 +126,7 @@ def resolve_target(checkpoint, *, layer: int | None = None, directions: str, all
 
 def _embedding_to_map(checkpoint, loaded, device) -> torch.Tensor:
     """embed.weight (d_hidden, d_input) of an image model whose layer 0 was loaded."""
-    from .io.checkpoints import open_checkpoint
+    from ..io.checkpoints import open_checkpoint
 
     if loaded.layout != "bilinear-image":
         raise CheckpointError(f"map_embedding needs a model with an input embedding (an image model's "
@@ -272,8 +272,8 @@ def default_chunk(layer: BilinearLayer, k: int | None, dtype=None) -> int:
     """Directions per decompose call when none is asked: DEFAULT_CHUNK, or fewer where their
     result (eigenvectors, eigenvalues, residuals) would take more than a quarter of the memory
     budget, as full spectra of wide layers do."""
-    from ._arrays import working_dtype
-    from .memory import memory_budget
+    from .._arrays import working_dtype
+    from ..memory import memory_budget
 
     d = layer.d_form
     k_used = d if k is None else min(k, d)
@@ -322,7 +322,7 @@ def decompose_target(target: DecompositionTarget, *, k: int | None, which: str =
     result = concatenate(parts)
     if target.input_map is not None:
         result = result.map_input(target.input_map)
-    from . import __version__
+    from .. import __version__
 
     result.metadata.update(target.metadata)
     result.metadata.update({
@@ -441,8 +441,8 @@ def decompose_network_checkpoint(checkpoint, *, directions: str, k: int | None =
     rank     features kept per level: None exact, an int the top r, a float in (0, 1) that share of Σσ²
     residual needed only for a checkpoint without config.json (see load_network)
     on_note(text) is called with each note before the work starts."""
-    from .io.checkpoints import load_network
-    from .network.network_decomposition import decompose_network
+    from ..io.checkpoints import load_network
+    from ..network.network_decomposition import decompose_network
 
     plan = plan_output(out)  # before the checkpoint is read
     if plan.kind == "store":
@@ -473,7 +473,7 @@ def decompose_network_checkpoint(checkpoint, *, directions: str, k: int | None =
                                max_memory=max_memory, progress=progress)
     if resolved.ids is not None:
         result.direction_ids = list(resolved.ids)
-    from . import __version__
+    from .. import __version__
 
     meta = {"checkpoint": str(checkpoint), **loaded.describe(), "notes": notes, "directions": directions,
             "direction_ids": result.direction_ids, "direction_description": resolved.description,

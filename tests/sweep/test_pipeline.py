@@ -9,11 +9,11 @@ import torch
 
 import bilinear_kernels as bk
 from bilinear_kernels.io import checkpoints as bk_checkpoints
-from bilinear_kernels import pipeline
+from bilinear_kernels.sweep import pipeline
 from bilinear_kernels.result import DecompositionResult
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm, write_plain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def assert_same(result, direct, atol=1e-10):

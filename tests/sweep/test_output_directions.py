@@ -5,8 +5,8 @@ from safetensors.torch import save_file
 
 import bilinear_kernels as bk
 from bilinear_kernels.io.checkpoints import CheckpointError
-from bilinear_kernels.output_directions import (class_indices, contrastive_directions, matrix_rows,
-                                                readout_rows, resolve_directions)
+from bilinear_kernels.sweep.output_directions import (class_indices, contrastive_directions, matrix_rows,
+                                                      readout_rows, resolve_directions)
 
 
 @pytest.fixture

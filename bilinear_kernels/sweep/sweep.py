@@ -37,17 +37,17 @@ import numpy as np
 import torch
 
 from . import distributed
-from .arguments import positive_float, positive_int, tracebacks_wanted
-from .decompose import METHODS, decompose
-from .decompose import resolve_options as decompose_options
-from .directions import Directions, parse_directions
-from .interaction import _check_layer
-from .layer import BilinearLayer
-from .memory import memory_budget
-from .progress import cancel_scope
-from .solvers.selection import WHICH
-from .io.store import (INT64, CorruptShardError, DamagedStoreError, OptionsMismatchError, StoreError, StoreLock,
-                       StoreLockedError, StoreWriteError, SweepStore, ids_sha256, read_manifest)
+from ..arguments import positive_float, positive_int, tracebacks_wanted
+from ..decompose import METHODS, decompose
+from ..decompose import resolve_options as decompose_options
+from ..directions import Directions, parse_directions
+from ..interaction import _check_layer
+from ..layer import BilinearLayer
+from ..memory import memory_budget
+from ..progress import cancel_scope
+from ..solvers.selection import WHICH
+from ..io.store import (INT64, CorruptShardError, DamagedStoreError, OptionsMismatchError, StoreError, StoreLock,
+                        StoreLockedError, StoreWriteError, SweepStore, ids_sha256, read_manifest)
 
 # default chunk: shards of about this many bytes of eigenvectors, and never more directions than this
 SHARD_TARGET_BYTES = 128 * 2**20
@@ -406,7 +406,7 @@ def run_sweep_from_env(layer: BilinearLayer, directions, out_dir, *, ids=None, k
 def _header(layer, fingerprint, described, options, chunk, max_memory, out_dir, resume) -> dict:
     """The manifest header of this run; chunk and max_memory left at None take the existing
     store's values on resume, or the defaults for a new store."""
-    from . import __version__
+    from .. import __version__
 
     existing = None
     if resume and out_dir.is_dir():
@@ -503,7 +503,7 @@ def parse_direction_spec(spec: str, d_out: int) -> list[int]:
 def load_layer(path) -> BilinearLayer:
     """A BilinearLayer from a safetensors file with "w", "v" and optionally "p", "w_bias", "v_bias"
     (read as checkpoints.py reads files: pickles refused, headers checked, clear errors)."""
-    from .io.checkpoints import CheckpointError, detect_layout, load_layer as load_checkpoint, open_checkpoint
+    from ..io.checkpoints import CheckpointError, detect_layout, load_layer as load_checkpoint, open_checkpoint
 
     path = Path(path)
     if path.exists() and not path.is_file():
@@ -527,7 +527,7 @@ def _check_fits_in_memory(path: Path, names: list[str]) -> None:
     sparse file would otherwise be read until the allocator or the kernel gives up)."""
     from safetensors import safe_open
 
-    from .memory import format_bytes, free_bytes
+    from ..memory import format_bytes, free_bytes
 
     with safe_open(str(path), framework="pt") as f:
         need = sum(math.prod(f.get_slice(n).get_shape()) * _ITEMSIZE.get(f.get_slice(n).get_dtype(), 8) for n in names)

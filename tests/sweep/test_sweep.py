@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import save_file
 
 import bilinear_kernels as bk
-from bilinear_kernels import distributed
+from bilinear_kernels.sweep import distributed
 from bilinear_kernels.io.store import OptionsMismatchError, StoreError
-from bilinear_kernels.sweep import (load_layer, main, parse_direction_spec, run_sweep, wants_store)
+from bilinear_kernels.sweep.sweep import (load_layer, main, parse_direction_spec, run_sweep, wants_store)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 D, H, O = 12, 16, 30          # tiny layer: 30 directions in chunks of 4 -> 8 chunks, the last of 2
 CHUNK, K = 4, 3
 SWEEP = ["--k", str(K), "--method", "lanczos", "--chunk", str(CHUNK), "--no-progress"]
@@ -146,7 +146,7 @@ def slow(self, *args, **kwargs):
     time.sleep(1.0)
     return record
 store.SweepStore.write_shard = slow
-from bilinear_kernels.sweep import main
+from bilinear_kernels.sweep.sweep import main
 main(sys.argv[1:])
 """
 
@@ -165,7 +165,7 @@ def stalling(fd, data, path):
             time.sleep(600)
     write_all(fd, data, path)
 store._write_all = stalling
-from bilinear_kernels.sweep import main
+from bilinear_kernels.sweep.sweep import main
 main(sys.argv[1:])
 """
 

@@ -69,7 +69,7 @@ def contrastive_directions(readout: torch.Tensor, target: int, others=None) -> t
 def matrix_rows(path, name: str, *, rows=None, transpose: bool = False, d_out: int | None = None) -> torch.Tensor:
     """Rows of the 2-D tensor `name` in the safetensors file `path` (columns when `transpose`),
     optionally only `rows`; checked to have length `d_out` when it is given."""
-    from .io.checkpoints import CheckpointError, TensorSource, open_checkpoint
+    from ..io.checkpoints import CheckpointError, TensorSource, open_checkpoint
 
     source: TensorSource = open_checkpoint(path)
     if name not in source:
