@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .._arrays import as_tensor, check_finite
-from ..layer import BilinearLayer
 from ..adapters.module_adapters import CHECK_RTOL, read_module, unwrap_traced
+from ..layer import BilinearLayer
 
 # What makes a stack non-polynomial: norms and attention by class-name fragment (any library's
 # spelling: LayerNorm, LlamaRMSNorm, GPT2Attention...), activations by torch class.

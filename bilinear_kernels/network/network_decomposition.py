@@ -31,9 +31,9 @@ from .._arrays import working_dtype
 from ..decompose import decompose
 from ..directions import parse_directions
 from ..layer import BilinearLayer
-from .network import BilinearNetwork, network_inputs
 from ..primitives.output_svd import output_svd
 from ..result import DecompositionResult
+from .network import BilinearNetwork, network_inputs
 
 FORMAT = "bilinear_kernels.network_decomposition/1"
 # A level's Gram eigenvalue σ² is resolved to about (d+1)·eps·σ₁² in float64; singular values

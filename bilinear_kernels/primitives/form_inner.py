@@ -22,10 +22,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .._arrays import to_framework, working_dtype
 from ..directions import Directions, parse_directions
-from .hidden_gram import BLOCK_NUMBERS_PER_ROW, cross_gram_block, gram_rows_per_block
 from ..layer import BilinearLayer
 from ..memory import budget_after_result, memory_budget
 from ..threads import cpu_threads
+from .hidden_gram import BLOCK_NUMBERS_PER_ROW, cross_gram_block, gram_rows_per_block
 
 # a symmetric M is built in at least this many row blocks: the upper triangle of n blocks costs
 # (n + 1) / (2n) of the whole (0.56 at 8)

@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 
 from .._arrays import as_tensor, check_finite, to_framework
-from .form_inner import coefficient_gram, form_pair
 from ..layer import BilinearLayer
 from ..memory import budget_after_result, memory_budget
+from .form_inner import coefficient_gram, form_pair
 
 
 def check_mean(mean, layer: BilinearLayer, dtype: torch.dtype) -> torch.Tensor | None:

@@ -16,10 +16,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .._arrays import to_framework, working_dtype
 from ..directions import parse_directions
-from .hidden_gram import gram_block, gram_rows_per_block
 from ..interaction import _check_layer, build_interaction_reference, interaction_bytes_per_direction
 from ..layer import BilinearLayer
 from ..memory import chunk_size, memory_budget
+from .hidden_gram import gram_block, gram_rows_per_block
 
 ROUTES = ("auto", "gram", "matrices")
 

@@ -17,11 +17,11 @@ import numbers
 import torch
 
 from .._arrays import to_framework, working_dtype
-from .hidden_gram import gram_block, gram_rows_per_block
 from ..interaction import _check_layer
 from ..layer import BilinearLayer
 from ..memory import format_bytes, memory_budget
 from ..solvers.selection import fix_signs
+from .hidden_gram import gram_block, gram_rows_per_block
 
 
 @torch.no_grad()  # singular vectors are results, not part of a training graph

@@ -31,13 +31,13 @@ from typing import Callable
 
 import torch
 
-from ..io.checkpoints import CheckpointError, checkpoint_sha256, file_sha256, load_layer
 from ..decompose import decompose
 from ..decompose import resolve_options as check_solver_options
 from ..directions import parse_directions
+from ..io.checkpoints import CheckpointError, checkpoint_sha256, file_sha256, load_layer
 from ..layer import BilinearLayer
-from .output_directions import resolve_directions
 from ..result import DecompositionResult
+from .output_directions import resolve_directions
 
 DEFAULT_CHUNK = 256
 # A call's result counts in its memory budget; a default chunk keeps it to this share of the budget,

@@ -36,18 +36,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
 from ..arguments import positive_float, positive_int, tracebacks_wanted
 from ..decompose import METHODS, decompose
 from ..decompose import resolve_options as decompose_options
 from ..directions import Directions, parse_directions
 from ..interaction import _check_layer
+from ..io.store import (INT64, CorruptShardError, DamagedStoreError, OptionsMismatchError, StoreError, StoreLock,
+                        StoreLockedError, StoreWriteError, SweepStore, ids_sha256, read_manifest)
 from ..layer import BilinearLayer
 from ..memory import memory_budget
 from ..progress import cancel_scope
 from ..solvers.selection import WHICH
-from ..io.store import (INT64, CorruptShardError, DamagedStoreError, OptionsMismatchError, StoreError, StoreLock,
-                        StoreLockedError, StoreWriteError, SweepStore, ids_sha256, read_manifest)
+from . import distributed
 
 # default chunk: shards of about this many bytes of eigenvectors, and never more directions than this
 SHARD_TARGET_BYTES = 128 * 2**20
