@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import save_file
 
 import bilinear_kernels as bk
-from bilinear_kernels.sweep import resolve_options, run_sweep
+from bilinear_kernels.sweep.sweep import resolve_options, run_sweep
 
 from .report import cpu_model
 

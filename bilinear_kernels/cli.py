@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from . import pipeline, sweep
+from .sweep import pipeline, sweep
 from .arguments import positive_float, positive_int, tracebacks_wanted
-from .checkpoints import CheckpointError
+from .io.checkpoints import CheckpointError
 from .decompose import METHODS
 from .solvers.selection import WHICH
 

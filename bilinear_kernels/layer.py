@@ -162,7 +162,7 @@ class BilinearLayer:
         the published bilinear models' MLPs and blocks, a bilinear autoencoder (`left`, `right`
         and optionally `down`: its latents, of the normalised input), `bilinear_kernels.nn.Bilinear`,
         or a tuple (left, right[, out]) of nn.Linear meaning out(left(x) * right(x)). See
-        `bilinear_kernels.module_adapters` for each layout.
+        `bilinear_kernels.adapters.module_adapters` for each layout.
 
         A gated module (SiLU, GELU... on W x) raises ValueError; allow_gated=True decomposes its
         bilinear part with the activation removed, and warns. The reading is checked against the
@@ -170,7 +170,7 @@ class BilinearLayer:
         (the down projection's bias, TransformerLens' b_in @ W_out + b_out) are part of no
         interaction matrix and are left out. Weights are detached views, not copies.
         """
-        from .module_adapters import read_module
+        from .adapters.module_adapters import read_module
 
         weights = read_module(module, allow_gated=allow_gated, check=check)
         return cls(weights.w, weights.v, weights.p, weights.w_bias, weights.v_bias)

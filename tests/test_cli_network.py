@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import bilinear_kernels as bk
-from bilinear_kernels import cli, pipeline
+from bilinear_kernels import cli
+from bilinear_kernels.io.checkpoints import load_network
+from bilinear_kernels.sweep import pipeline
 from tests.test_cli import run_module
 from tests.tiny_checkpoints import write_bilinear_image, write_bilinear_lm
 
@@ -69,7 +71,7 @@ def test_pipeline_matches_decompose_network_on_the_loaded_network(tmp_path):
     notes = []
     res = pipeline.decompose_network_checkpoint(tmp_path / "img", directions="contrast:1", k=3, rank=0.9,
                                                 on_note=notes.append)
-    net = bk.checkpoints.load_network(tmp_path / "img").network
+    net = load_network(tmp_path / "img").network
     u = torch.eye(5, dtype=torch.float64)[1] - torch.eye(5, dtype=torch.float64)[[0, 2, 3, 4]].mean(0)
     direct = bk.decompose_network(net, u[None], k=3, rank=0.9)
     torch.testing.assert_close(res.eigenvalues, direct.eigenvalues, rtol=1e-12, atol=1e-12)

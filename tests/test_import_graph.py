@@ -104,6 +104,52 @@ def test_kernels_import_only_below_them(kernel):
                                       "bilinear_kernels.fast_path_guard"}
 
 
+# what each subpackage may import besides the top-level (core) modules and itself, as its
+# __init__.py says: the subpackages form layers, and none imports one above it
+SUBPACKAGE_IMPORTS = {
+    "ops": set(),
+    "solvers": set(),
+    "adapters": set(),
+    "primitives": {"solvers"},
+    "network": {"solvers", "primitives", "adapters"},
+    "io": {"network"},
+    "sweep": {"solvers", "network", "io"},
+    "demo": {"solvers", "primitives", "adapters", "network", "sweep"},
+}
+# the core imports only the subpackages it dispatches to; the entry points (the package's
+# __init__, cli, __main__) sit above everything
+CORE_IMPORTS = {"ops", "solvers", "adapters"}
+ENTRY_POINTS = {"bilinear_kernels", "bilinear_kernels.cli", "bilinear_kernels.__main__"}
+
+
+def subpackage_of(module: str) -> str | None:
+    """The subpackage a module lies in (a subpackage's own name for its __init__); None: the core."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and (PACKAGE / parts[1]).is_dir() else None
+
+
+def test_every_subpackage_is_placed_in_the_layers():
+    found = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert found == SUBPACKAGE_IMPORTS.keys()
+
+
+@pytest.mark.parametrize("subpackage", sorted(SUBPACKAGE_IMPORTS))
+def test_subpackages_import_only_the_core_and_the_layers_below_them(subpackage):
+    graph = import_graph()
+    upward = {f"{module} -> {target}" for module, targets in graph.items() if subpackage_of(module) == subpackage
+              for target in targets
+              if subpackage_of(target) not in {None, subpackage, *SUBPACKAGE_IMPORTS[subpackage]}}
+    assert not upward, sorted(upward)
+
+
+def test_the_core_imports_only_what_it_dispatches_to():
+    graph = import_graph()
+    upward = {f"{module} -> {target}" for module, targets in graph.items()
+              if subpackage_of(module) is None and module not in ENTRY_POINTS
+              for target in targets if subpackage_of(target) not in {None, *CORE_IMPORTS}}
+    assert not upward, sorted(upward)
+
+
 def test_the_package_import_graph_has_no_cycle():
     found = cycles(import_graph())
     assert not found, f"import cycles: {[sorted(c) for c in found]}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data_analysis import truncation_curve
+from ..adapters.data_analysis import truncation_curve
 from ..decompose import decompose
 from ..layer import BilinearLayer
 from ..result import DecompositionResult

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..network import BilinearNetwork
-from ..network_decomposition import NetworkDecomposition, decompose_network
-from ..network_truncation import network_truncation_curve
+from ..network.network import BilinearNetwork
+from ..network.network_decomposition import NetworkDecomposition, decompose_network
+from ..network.network_truncation import network_truncation_curve
 
 # the ranks kept per level in the demo's truncation curve (the full rank is added)
 CURVE_RANKS = (1, 2, 3, 4, 6, 8, 12, 16, 24)

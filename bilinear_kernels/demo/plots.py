@@ -179,7 +179,7 @@ def network_tree(digits: list[int], top_values: np.ndarray, leaves: dict, curve:
     level 0 through its own top eigenvector and drawn as pixels, √|λ₀|·v, on one colour scale per
     row. `top_values` (classes, k) the top-level eigenvalues, `leaves[(digit, j)]` the list of
     `depth.Leaf` of that feature, `curve` the network truncation curve (with labels)."""
-    from ..network_truncation_plot import plot_network_truncation
+    from ..network.network_truncation_plot import plot_network_truncation
 
     plt = _pyplot()
     features = sorted({j for _, j in leaves})

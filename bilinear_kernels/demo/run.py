@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..output_svd import output_svd
+from ..primitives.output_svd import output_svd
 from .analysis import (MAX_TRUNCATION_K, decompose_classes, effective_rank, reconstruction_error,
                        truncation_points)
 from .deep import DeepConfig, train_deep
@@ -46,7 +46,7 @@ def run_demo(out_dir="demo_out", *, seed: int = 0, hidden: int = 64, epochs: int
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ..pipeline import resolve_device
+    from ..sweep.pipeline import resolve_device
 
     dev = resolve_device(device)
     config = TrainingConfig(hidden=hidden, seed=seed)
