@@ -1,5 +1,5 @@
-"""The documentation pages under docs/: every code example runs as written, and the API reference
-covers every public name.
+"""The documentation pages under docs/ and the README: every code example runs as written, and the
+API reference covers every public name.
 
 A page is cut at its `## ` headings; each part's examples run in order, in one namespace, in a
 temporary folder holding tiny checkpoints named as the examples name them. Python blocks are
@@ -63,10 +63,10 @@ GIVEN = {
 def parts() -> dict[tuple[str, str], list[tuple[str, str]]]:
     """{(page, part title): [(language, code), ...]} for every part holding a python or bash block."""
     out = {}
-    for path in sorted(DOCS.rglob("*.md")):
+    for path in [DOCS.parent / "README.md", *sorted(DOCS.rglob("*.md"))]:
         if "_build" in path.parts:
             continue
-        page = path.relative_to(DOCS).as_posix()
+        page = path.relative_to(DOCS).as_posix() if path.is_relative_to(DOCS) else path.name
         for part in re.split(r"\n## ", "\n" + path.read_text()):
             title = part.strip().splitlines()[0].lstrip("# ").strip() if part.strip() else ""
             blocks = re.findall(r"^```(python|bash)\n(.*?)^```", part, flags=re.S | re.M)
@@ -135,3 +135,12 @@ def test_every_public_name_is_in_the_reference_with_a_docstring():
     assert documented - public == set(), "docs/api.md documents names that are not public"
     for name in public:
         assert (getattr(bk, name).__doc__ or "").strip(), f"bk.{name} has no docstring"
+
+
+def test_the_readme_links_point_at_files_that_exist():
+    readme = DOCS.parent / "README.md"
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme.read_text())
+    assert links, "the README links into the pages"
+    for link in links:
+        if not link.startswith(("http://", "https://")):
+            assert (readme.parent / link).is_file(), f"README links to a missing file: {link}"
